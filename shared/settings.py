@@ -1,0 +1,103 @@
+"""The one place that reads the environment: every ``LATENTD_*`` setting, validated at start."""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The embedded emoji model becomes the default once its weights land; until then
+# the random-weight built-in keeps the service runnable anywhere.
+DEFAULT_MODEL = "tiny-random"
+
+
+class Settings(BaseSettings):
+    """Service configuration, read from ``LATENTD_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="LATENTD_", extra="ignore")
+
+    # Where things live.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # Models: the default served when a request names none, extra models as JSON
+    # name -> source (a local diffusers directory or a hub id), and the models a
+    # generation worker process loads (empty = just the default model).
+    default_model: str = DEFAULT_MODEL
+    models: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
+    worker_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    device: str = "cpu"
+    torch_threads: int | None = Field(None, ge=1, le=256)
+
+    # Jobs.
+    job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    max_wait_seconds: int = Field(60, ge=0, le=600)
+
+    # Long GPU tasks: soft limit raises inside the task (job marked failed), hard
+    # limit kills the process; the broker must not redeliver a task still running,
+    # so its visibility timeout stays above the hard limit.
+    task_soft_time_limit: int = Field(600, ge=1)
+    task_time_limit: int = Field(660, ge=1)
+    broker_visibility_timeout: int = Field(3600, ge=1)
+    task_max_attempts: int = Field(3, ge=1, le=20)
+
+    # Webhooks (Standard Webhooks). The secret is "whsec_" + base64.
+    webhook_secret: str | None = None
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    webhook_max_attempts: int = Field(8, ge=1, le=30)
+    webhook_retry_base_seconds: float = Field(5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(3600.0, gt=0)
+    # Refuse webhook URLs that resolve to loopback/private/link-local addresses
+    # (SSRF). Tests and single-laptop setups with a local receiver turn it on.
+    webhook_allow_private: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_worker_models(cls, values: dict) -> dict:
+        raw = values.get("worker_models")
+        if isinstance(raw, str):
+            values["worker_models"] = [m.strip() for m in raw.split(",") if m.strip()]
+        return values
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError("LATENTD_TASK_SOFT_TIME_LIMIT must be below LATENTD_TASK_TIME_LIMIT")
+        if self.broker_visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                "LATENTD_BROKER_VISIBILITY_TIMEOUT must be above LATENTD_TASK_TIME_LIMIT, "
+                "or Redis redelivers tasks that are still running"
+            )
+        if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
+            raise ValueError("LATENTD_WEBHOOK_SECRET must look like 'whsec_<base64>'")
+        return self
+
+    @property
+    def served_models(self) -> list[str]:
+        """Models a generation worker started with these settings loads."""
+        return self.worker_models or [self.default_model]
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings for this process; exits with a readable message on a bad value."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"latentd: invalid configuration ({exc.error_count()} error(s)):"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            name = f"LATENTD_{where.upper()}" if err["loc"] else where
+            lines.append(f"  {name}: {err['msg']}")
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None
