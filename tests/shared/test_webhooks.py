@@ -1,0 +1,244 @@
+"""Webhook URL vetting, event bodies and ids, signing, and progress throttling."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from shared.celery_app import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE
+from shared.schemas import EventType, Job, JobParams, JobStatus, Progress, WebhookSpec
+from shared.settings import Settings
+from shared.webhooks import (
+    WebhookHostUnresolvable,
+    WebhookPublisher,
+    WebhookURLRefused,
+    build_event,
+    check_webhook_url,
+    enqueue_webhook,
+    event_id,
+    sign,
+)
+
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def make_job(events: list[EventType] | None = None, url: str = "https://example.com/hook",
+             **fields: Any) -> Job:
+    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    webhook = WebhookSpec(url=url, events=events) if events is not None else None
+    params = JobParams(
+        task="text-to-image", model="tiny-random", prompt="a cat", negative_prompt=None,
+        width=64, height=64, num_images=1, steps=4, guidance_scale=5.0, scheduler="ddim",
+        seed=1, seeds=[1], strength=0.75, outpaint=None, output_format="png",
+        priority="normal", webhook=webhook,
+    )
+    return Job(**{"id": "job_" + secrets.token_hex(12), "owner": "alice",
+                  "status": JobStatus.RUNNING, "created_at": now, "updated_at": now,
+                  "request": params, **fields})
+
+
+class RecordingCelery:
+    """Stands in for the Celery app: records what would be published."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send_task(self, name: str, args: list[Any], queue: str) -> None:
+        self.sent.append({"name": name, "args": args, "queue": queue})
+
+
+# -- URL vetting -----------------------------------------------------------------
+
+REFUSED = [
+    "http://127.0.0.1/hook",
+    "http://127.8.9.10:8080/hook",
+    "http://localhost/hook",
+    "http://10.1.2.3/hook",
+    "http://172.16.0.1/hook",
+    "http://192.168.1.1/hook",
+    "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+    "http://[::1]/hook",
+    "http://[::ffff:127.0.0.1]/hook",  # IPv4-mapped loopback
+    "http://[fe80::1]/hook",
+    "http://[fc00::1]/hook",
+    "http://0.0.0.0/hook",
+    "http://224.0.0.1/hook",  # multicast
+    "http://240.0.0.1/hook",  # reserved
+    "http://100.64.0.1/hook",  # carrier-grade NAT
+    "ftp://93.184.216.34/hook",
+    "file:///etc/passwd",
+    "gopher://93.184.216.34/",
+    "http:///nohost",
+]
+
+
+@pytest.mark.parametrize("url", REFUSED)
+def test_private_or_non_http_urls_are_refused(url: str) -> None:
+    with pytest.raises(WebhookURLRefused):
+        check_webhook_url(url, Settings(webhook_allow_private=False))
+
+
+@pytest.mark.parametrize("url", ["http://93.184.216.34/hook", "https://93.184.216.34:8443/x",
+                                 "https://[2606:2800:220:1:248:1893:25c8:1946]/hook"])
+def test_public_literal_ips_are_accepted_without_dns(url: str, monkeypatch) -> None:
+    def no_dns(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a literal IP must not need DNS")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    check_webhook_url(url, Settings(webhook_allow_private=False))
+
+
+def test_a_name_with_any_private_record_is_refused(monkeypatch) -> None:
+    def resolve(host: str, port: int, **kwargs: object) -> list:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with pytest.raises(WebhookURLRefused, match="10.0.0.5"):
+        check_webhook_url("https://hooks.example.com/x", Settings())
+
+
+def test_a_name_that_does_not_resolve_is_unresolvable_not_refused(monkeypatch) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    with pytest.raises(WebhookHostUnresolvable):
+        check_webhook_url("https://nowhere.invalid/x", Settings())
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://localhost/hook",
+                                 "http://10.1.2.3/hook", "http://[::1]/hook"])
+def test_private_urls_are_allowed_when_configured(url: str) -> None:
+    check_webhook_url(url, Settings(webhook_allow_private=True))
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/", "http://127.0.0.1:99999/"])
+def test_scheme_and_port_are_checked_even_when_private_is_allowed(url: str) -> None:
+    with pytest.raises(ValueError):
+        check_webhook_url(url, Settings(webhook_allow_private=True))
+
+
+# -- events ----------------------------------------------------------------------
+
+def test_event_ids_are_deterministic() -> None:
+    job = make_job([EventType.COMPLETED], attempts=2, progress=Progress(step=7, total_steps=9))
+    assert event_id(job, EventType.COMPLETED) == f"evt_{job.id}_completed"
+    assert event_id(job, EventType.STARTED) == f"evt_{job.id}_started_2"
+    assert event_id(job, EventType.PROGRESS) == f"evt_{job.id}_progress_7"
+    rerun = job.model_copy(update={"attempts": 3, "updated_at": datetime.now(UTC)})
+    assert event_id(rerun, EventType.COMPLETED) == event_id(job, EventType.COMPLETED)
+    assert event_id(rerun, EventType.STARTED) != event_id(job, EventType.STARTED)
+    with pytest.raises(ValueError):
+        event_id(job, EventType.QUEUED)
+
+
+def test_build_event_carries_the_job_as_json() -> None:
+    job = make_job([EventType.COMPLETED], status=JobStatus.SUCCEEDED, metadata={"k": "v"})
+    body = build_event(job, EventType.COMPLETED)
+    assert body["type"] == "job.completed"
+    assert datetime.fromisoformat(body["timestamp"]) == job.updated_at
+    assert body["data"]["id"] == job.id and body["data"]["status"] == "succeeded"
+    assert Job.model_validate(json.loads(json.dumps(body))["data"]) == job
+    assert build_event(job, EventType.STARTED)["type"] == "job.started"
+    assert build_event(job, EventType.PROGRESS)["type"] == "job.progress"
+
+
+# -- signing ---------------------------------------------------------------------
+
+def test_signature_verifies_with_the_standard_webhooks_library() -> None:
+    body = json.dumps({"type": "job.completed", "data": {"id": "job_1"}})
+    headers = sign(SECRET, "evt_job_1_completed", datetime.now(UTC), body)
+    assert headers["webhook-id"] == "evt_job_1_completed"
+    assert Webhook(SECRET).verify(body, headers) == json.loads(body)
+
+
+def test_signature_fails_for_a_changed_body_id_or_secret() -> None:
+    body = '{"a":1}'
+    headers = sign(SECRET, "evt_1", datetime.now(UTC), body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify('{"a":2}', headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body, {**headers, "webhook-id": "evt_2"})
+    other = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other).verify(body, headers)
+
+
+def test_signature_timestamp_is_unix_seconds_of_any_timezone() -> None:
+    at = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
+    local = at.astimezone(UTC).astimezone(tz=None)
+    assert sign(SECRET, "e", at, "x") == sign(SECRET, "e", local, "x")
+    assert sign(SECRET, "e", at, "x")["webhook-timestamp"] == str(int(at.timestamp()))
+    stale = sign(SECRET, "e", datetime.now(UTC) - timedelta(minutes=10), "{}")
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(SECRET).verify("{}", stale)
+
+
+# -- enqueueing --------------------------------------------------------------------
+
+def test_enqueue_sends_only_json_for_subscribed_events() -> None:
+    app = RecordingCelery()
+    job = make_job([EventType.COMPLETED], url="https://example.com/hook?x=1")
+    assert not enqueue_webhook(job, EventType.STARTED, app)
+    assert not enqueue_webhook(make_job(None), EventType.COMPLETED, app)
+    assert app.sent == []
+    assert enqueue_webhook(job, EventType.COMPLETED, app)
+    [sent] = app.sent
+    assert sent["name"] == DELIVER_WEBHOOK_TASK and sent["queue"] == WEBHOOK_QUEUE
+    job_id, msg_id, event_type, url, payload = sent["args"]
+    assert (job_id, msg_id, event_type) == (job.id, f"evt_{job.id}_completed", "completed")
+    assert url == "https://example.com/hook?x=1"
+    assert json.loads(payload) == build_event(job, EventType.COMPLETED)
+    json.dumps(sent["args"])  # nothing but JSON crosses the queue
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+def test_progress_is_throttled_to_one_per_second_per_job(client: redis.Redis) -> None:
+    app = RecordingCelery()
+    publish = WebhookPublisher(client, app)
+    job = make_job([EventType.PROGRESS, EventType.COMPLETED])
+    other = make_job([EventType.PROGRESS])
+    for step in range(1, 6):
+        publish(job.model_copy(update={"progress": Progress(step=step, total_steps=9)}),
+                EventType.PROGRESS)
+    publish(other, EventType.PROGRESS)
+    publish(job, EventType.COMPLETED)  # never throttled
+    assert [s["args"][1] for s in app.sent] == [
+        f"evt_{job.id}_progress_1", f"evt_{other.id}_progress_0", f"evt_{job.id}_completed"]
+    time.sleep(1.2)
+    publish(job.model_copy(update={"progress": Progress(step=8, total_steps=9)}),
+            EventType.PROGRESS)
+    assert app.sent[-1]["args"][1] == f"evt_{job.id}_progress_8"
+
+
+def test_unsubscribed_progress_takes_no_throttle_slot(client: redis.Redis) -> None:
+    app = RecordingCelery()
+    publish = WebhookPublisher(client, app)
+    job = make_job([EventType.COMPLETED])
+    publish(job, EventType.PROGRESS)
+    assert app.sent == [] and client.keys("*") == []
+
+
+def test_publisher_failure_does_not_break_the_caller(client: redis.Redis, caplog) -> None:
+    class BrokenCelery:
+        def send_task(self, *args: object, **kwargs: object) -> None:
+            raise ConnectionError("broker down")
+
+    publish = WebhookPublisher(client, BrokenCelery())  # type: ignore[arg-type]
+    publish(make_job([EventType.COMPLETED]), EventType.COMPLETED)
+    assert "could not enqueue webhook" in caplog.text

@@ -1,0 +1,130 @@
+"""A real local HTTP server that records webhook requests and answers scripted statuses."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+
+class WebhookReceiver:
+    """Serves 127.0.0.1 on a free port from a thread.
+
+    Each path answers from its scripted list of statuses in order, repeating the
+    last one when the list runs out; unscripted paths answer 200.
+
+        with WebhookReceiver() as receiver:
+            receiver.script("/hook", [500, 200])
+            ...  # send to receiver.url("/hook")
+            first, second = receiver.wait_for(2, timeout=10)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._requests: list[ReceivedRequest] = []
+        self._scripts: dict[str, list[int]] = {}
+        self._headers: dict[str, dict[str, str]] = {}
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def script(self, path: str, statuses: list[int], headers: dict[str, str] | None = None) -> None:
+        """Answer requests to ``path`` with these statuses in turn (and these extra headers)."""
+        if not statuses:
+            raise ValueError("script at least one status")
+        with self._lock:
+            self._scripts[path] = list(statuses)
+            self._headers[path] = dict(headers or {})
+
+    def requests(self, path: str | None = None) -> list[ReceivedRequest]:
+        """Requests received so far, oldest first (only those to ``path`` if given)."""
+        with self._lock:
+            return [r for r in self._requests if path is None or r.path == path]
+
+    def wait_for(
+        self, n: int, timeout: float = 10.0, path: str | None = None
+    ) -> list[ReceivedRequest]:
+        """Block until at least ``n`` requests arrived (to ``path`` if given); return them."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                got = [r for r in self._requests if path is None or r.path == path]
+                if len(got) >= n:
+                    return got
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"expected {n} webhook request(s) within {timeout}s, got {len(got)}"
+                    )
+                self._lock.wait(left)
+
+    def _answer(self, request: ReceivedRequest) -> tuple[int, dict[str, str]]:
+        with self._lock:
+            self._requests.append(request)
+            self._lock.notify_all()
+            script = self._scripts.get(request.path)
+            if not script:
+                return 200, {}
+            status = script.pop(0) if len(script) > 1 else script[0]
+            return status, self._headers[request.path]
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = ReceivedRequest(
+                    method=self.command,
+                    path=self.path,
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=body,
+                )
+                status, headers = receiver._answer(request)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            do_POST = do_GET = do_PUT = _handle
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # keep test output quiet
+
+        return Handler

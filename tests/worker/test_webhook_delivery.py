@@ -1,0 +1,332 @@
+"""Webhook delivery against a real redis-server, a real HTTP receiver and a real Celery worker.
+
+This module never flushes Redis: the running worker's queue bindings live there. Every
+test makes its own job ids and receiver paths instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from celery import Celery
+from standardwebhooks import Webhook
+
+from shared.celery_app import make_celery
+from shared.jobstore import JobStore
+from shared.schemas import EventType, ImageInfo, Job, JobParams, JobStatus, Metrics, WebhookSpec
+from shared.settings import Settings
+from shared.webhooks import WebhookPublisher, enqueue_webhook
+from tests.webhook_receiver import WebhookReceiver
+from worker.webhook_tasks import (
+    SECRET_MISSING,
+    deliver_and_record,
+    post_event,
+    retry_delay,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+WORKER_MAX_ATTEMPTS = 3
+
+
+def make_job(store: JobStore, url: str, events: list[EventType]) -> Job:
+    now = datetime.now(UTC)
+    params = JobParams(
+        task="text-to-image", model="tiny-random", prompt="a cat", negative_prompt=None,
+        width=64, height=64, num_images=1, steps=4, guidance_scale=5.0, scheduler="ddim",
+        seed=1, seeds=[1], strength=0.75, outpaint=None, output_format="png",
+        priority="normal", webhook=WebhookSpec(url=url, events=events),
+    )
+    job = Job(id=store.new_job_id(), owner="alice", status=JobStatus.QUEUED, created_at=now,
+              updated_at=now, request=params)
+    stored, created = store.create(job)
+    assert created
+    return stored
+
+
+def unique_path() -> str:
+    return f"/hook-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as running:
+        yield running
+
+
+@pytest.fixture
+def settings(redis_server: str) -> Settings:
+    return Settings(redis_url=redis_server, webhook_secret=SECRET, webhook_allow_private=True)
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    return JobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=2, follow_redirects=False, trust_env=False) as client:
+        yield client
+
+
+def deliver(store: JobStore, http: httpx.Client, settings: Settings, job: Job, url: str,
+            attempt: int = 1):
+    payload = json.dumps({"type": "job.completed", "data": {"id": job.id}})
+    return deliver_and_record(
+        store, http, settings, job_id=job.id, event_id=f"evt_{job.id}_completed",
+        event_type="completed", url=url, payload=payload, attempt=attempt,
+    )
+
+
+# -- one attempt, in process ------------------------------------------------------
+
+def test_2xx_is_delivered_signed_and_recorded(store, http, settings, receiver) -> None:
+    job = make_job(store, receiver.url(), [EventType.COMPLETED])
+    outcome = deliver(store, http, settings, job, receiver.url("/ok"))
+    assert outcome.delivered and not outcome.retryable
+    [request] = receiver.wait_for(1)
+    assert request.method == "POST" and request.headers["content-type"] == "application/json"
+    assert request.headers["webhook-id"] == f"evt_{job.id}_completed"
+    assert Webhook(SECRET).verify(request.body, request.headers)["data"] == {"id": job.id}
+    [attempt] = store.get(job.id).webhook_attempts
+    assert (attempt.attempt, attempt.status_code, attempt.delivered, attempt.error) == (
+        1, 200, True, None)
+    assert attempt.event_type is EventType.COMPLETED and attempt.duration_seconds >= 0
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(410, False), (500, True), (429, True),
+                                                    (404, True)])
+def test_failures_are_recorded_and_only_410_is_final(store, http, settings, receiver,
+                                                      status, retryable) -> None:
+    job = make_job(store, receiver.url(), [EventType.COMPLETED])
+    receiver.script("/x", [status])
+    outcome = deliver(store, http, settings, job, receiver.url("/x"), attempt=4)
+    assert (outcome.status_code, outcome.delivered, outcome.retryable) == (status, False, retryable)
+    [attempt] = store.get(job.id).webhook_attempts
+    assert (attempt.attempt, attempt.status_code, attempt.delivered) == (4, status, False)
+    assert str(status) in attempt.error
+
+
+def test_redirects_are_not_followed(store, http, settings, receiver) -> None:
+    job = make_job(store, receiver.url(), [EventType.COMPLETED])
+    receiver.script("/moved", [302], headers={"location": receiver.url("/target")})
+    outcome = deliver(store, http, settings, job, receiver.url("/moved"))
+    assert (outcome.status_code, outcome.delivered, outcome.retryable) == (302, False, True)
+    assert "redirect" in outcome.error
+    time.sleep(0.2)
+    assert receiver.requests("/target") == [] and len(receiver.requests("/moved")) == 1
+
+
+def test_missing_secret_refuses_to_send_unsigned(store, http, settings, receiver) -> None:
+    job = make_job(store, receiver.url(), [EventType.COMPLETED])
+    unsigned = settings.model_copy(update={"webhook_secret": None})
+    outcome = deliver(store, http, unsigned, job, receiver.url())
+    assert not outcome.retryable and receiver.requests() == []
+    [attempt] = store.get(job.id).webhook_attempts
+    assert attempt.error == SECRET_MISSING and not attempt.delivered
+
+
+def test_private_target_is_refused_at_delivery(store, http, settings, receiver) -> None:
+    job = make_job(store, receiver.url(), [EventType.COMPLETED])
+    strict = settings.model_copy(update={"webhook_allow_private": False})
+    outcome = deliver(store, http, strict, job, receiver.url())
+    assert not outcome.retryable and "non-public" in outcome.error
+    assert receiver.requests() == []
+
+
+def test_timeouts_and_refused_connections_are_retryable(http) -> None:
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        with httpx.Client(timeout=0.3, trust_env=False) as impatient:
+            outcome = post_event(impatient, f"http://127.0.0.1:{silent.getsockname()[1]}/",
+                                 "evt_1", "{}", SECRET)
+    assert outcome.retryable and outcome.status_code is None and "timed out" in outcome.error
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    outcome = post_event(http, f"http://127.0.0.1:{port}/", "evt_1", "{}", SECRET)
+    assert outcome.retryable and "request failed" in outcome.error
+
+
+# -- backoff ------------------------------------------------------------------------
+
+class FixedRandom(random.Random):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_retry_delay_is_exponential_with_equal_jitter_and_capped() -> None:
+    for attempt in range(1, 12):
+        ceiling = min(100.0, 5 * 2**attempt)
+        assert retry_delay(attempt, 5, 100, FixedRandom(0.0)) == ceiling / 2
+        assert retry_delay(attempt, 5, 100, FixedRandom(0.999999)) == pytest.approx(ceiling)
+        assert ceiling / 2 <= retry_delay(attempt, 5, 100, random.Random(attempt)) <= ceiling
+    assert retry_delay(11, 5, 100, FixedRandom(0.5)) == 75
+
+
+def test_default_schedule_spreads_attempts_over_ten_minutes() -> None:
+    defaults = Settings()
+    waits = range(1, defaults.webhook_max_attempts)  # a wait after each failed attempt but the last
+    assert defaults.webhook_max_attempts >= 6
+
+    def total(rng: random.Random) -> float:
+        return sum(retry_delay(n, defaults.webhook_retry_base_seconds,
+                               defaults.webhook_retry_max_seconds, rng) for n in waits)
+
+    assert total(FixedRandom(0.0)) >= 600  # even with the unluckiest jitter
+    assert total(FixedRandom(0.5)) >= 600  # the expected schedule
+    assert total(FixedRandom(0.999999)) < 2 * 3600  # and nobody waits for hours
+
+
+# -- a real webhook worker ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def worker(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real ``celery -A worker.webhook_worker`` process; yields its log file."""
+    log = tmp_path_factory.mktemp("webhook-worker") / "worker.log"
+    env = {
+        **os.environ,
+        "LATENTD_REDIS_URL": redis_server,
+        "LATENTD_WEBHOOK_SECRET": SECRET,
+        "LATENTD_WEBHOOK_ALLOW_PRIVATE": "true",
+        "LATENTD_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+        "LATENTD_WEBHOOK_MAX_ATTEMPTS": str(WORKER_MAX_ATTEMPTS),
+        "LATENTD_WEBHOOK_TIMEOUT_SECONDS": "3",
+        "PYTHONUNBUFFERED": "1",
+    }
+    name = f"webhooks-test-{os.getpid()}@%h"
+    cmd = [str(Path(sys.executable).parent / "celery"), "-A", "worker.webhook_worker", "worker",
+           "--pool", "threads", "--concurrency", "4", "-Q", "webhooks", "-n", name,
+           "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    # Own process group, so nothing it starts outlives the tests.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def publisher_app(redis_server: str) -> Iterator[Celery]:
+    app = make_celery(Settings(redis_url=redis_server))
+    yield app
+    app.close()
+
+
+def wait_for(receiver: WebhookReceiver, n: int, path: str, log: Path) -> list:
+    try:
+        return receiver.wait_for(n, timeout=30, path=path)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; worker log:\n{log.read_text()[-3000:]}") from None
+
+
+def wait_for_attempts(store: JobStore, job_id: str, n: int, timeout: float = 10) -> list:
+    deadline = time.monotonic() + timeout
+    while len(attempts := store.get(job_id).webhook_attempts) < n:
+        assert time.monotonic() < deadline, f"{len(attempts)} attempt(s) recorded, wanted {n}"
+        time.sleep(0.05)
+    return attempts
+
+
+def test_worker_retries_with_the_same_id_until_delivered(worker, publisher_app, store,
+                                                         receiver) -> None:
+    path = unique_path()
+    receiver.script(path, [500, 200])
+    job = make_job(store, receiver.url(path), [EventType.STARTED])
+    started = store.mark_running(job.id)
+    assert enqueue_webhook(started, EventType.STARTED, publisher_app)
+    first, second = wait_for(receiver, 2, path, worker)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == (
+        f"evt_{job.id}_started_1")
+    assert first.body == second.body
+    for request in (first, second):
+        assert Webhook(SECRET).verify(request.body, request.headers)["type"] == "job.started"
+    attempts = wait_for_attempts(store, job.id, 2)
+    assert [(a.attempt, a.status_code, a.delivered) for a in attempts] == [
+        (1, 500, False), (2, 200, True)]
+    assert (attempts[1].at - attempts[0].at).total_seconds() >= 0.2  # backed off, base 0.2 s
+    time.sleep(1)
+    assert len(receiver.requests(path)) == 2
+
+
+def test_worker_stops_at_410(worker, publisher_app, store, receiver) -> None:
+    path = unique_path()
+    receiver.script(path, [410, 200])
+    job = make_job(store, receiver.url(path), [EventType.COMPLETED])
+    store.mark_running(job.id)
+    done = store.mark_failed(job.id, "boom", "it broke")
+    assert enqueue_webhook(done, EventType.COMPLETED, publisher_app)
+    wait_for(receiver, 1, path, worker)
+    time.sleep(2)  # retries here come within 0.4 s: none may come
+    assert len(receiver.requests(path)) == 1
+    [attempt] = wait_for_attempts(store, job.id, 1)
+    assert (attempt.status_code, attempt.delivered) == (410, False)
+
+
+def test_worker_does_not_follow_redirects_and_gives_up(worker, publisher_app, store,
+                                                       receiver) -> None:
+    path, target = unique_path(), unique_path()
+    receiver.script(path, [302], headers={"location": receiver.url(target)})
+    job = make_job(store, receiver.url(path), [EventType.COMPLETED])
+    store.mark_running(job.id)
+    done = store.mark_canceled(job.id)
+    assert enqueue_webhook(done, EventType.COMPLETED, publisher_app)
+    wait_for(receiver, WORKER_MAX_ATTEMPTS, path, worker)
+    attempts = wait_for_attempts(store, job.id, WORKER_MAX_ATTEMPTS)
+    time.sleep(2)  # the last attempt was the last
+    assert len(receiver.requests(path)) == WORKER_MAX_ATTEMPTS
+    assert receiver.requests(target) == []
+    assert [(a.attempt, a.status_code, a.delivered) for a in attempts] == [
+        (n, 302, False) for n in range(1, WORKER_MAX_ATTEMPTS + 1)]
+
+
+def test_job_store_events_reach_the_receiver(worker, publisher_app, settings, receiver) -> None:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    store = JobStore(client, settings, on_event=WebhookPublisher(client, publisher_app))
+    path = unique_path()
+    job = make_job(store, receiver.url(path), [EventType.STARTED, EventType.COMPLETED])
+    store.mark_running(job.id)
+    store.mark_succeeded(job.id, [ImageInfo(index=0, url="/img/0", seed=1, width=64, height=64,
+                                            content_type="image/png")], Metrics())
+    requests = wait_for(receiver, 2, path, worker)
+    bodies = sorted((Webhook(SECRET).verify(r.body, r.headers) for r in requests),
+                    key=lambda b: b["type"])
+    assert [b["type"] for b in bodies] == ["job.completed", "job.started"]
+    assert bodies[0]["data"]["status"] == "succeeded" and bodies[0]["data"]["images"]
+    assert {r.headers["webhook-id"] for r in requests} == {
+        f"evt_{job.id}_started_1", f"evt_{job.id}_completed"}
+
+
+def test_webhook_worker_imports_no_torch() -> None:
+    check = "import sys, worker.webhook_worker; assert 'torch' not in sys.modules, 'torch loaded'"
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
