@@ -152,10 +152,13 @@ class JobStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
-        from shared.webhooks import WebhookPublisher  # webhooks import the store's schemas
+        # Imported here: webhooks import this module's neighbours, not the other way round.
+        from shared.celery_app import make_celery
+        from shared.webhooks import WebhookPublisher
 
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-        return cls(client, settings, on_event=WebhookPublisher(client))
+        publisher = WebhookPublisher(client, app=make_celery(settings))
+        return cls(client, settings, on_event=publisher)
 
     @staticmethod
     def new_job_id() -> str:

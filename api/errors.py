@@ -1,0 +1,164 @@
+"""One error shape for every failure: ``{"error": {"code", "message", "field"}}``."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.schemas import ErrorBody, ErrorDetail, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+# Fields whose pydantic length limit is really a size limit: over it is 413, not 422.
+_SIZE_LIMITED_FIELDS = {"init_image", "mask_image"}
+_REQUEST_FIELDS = tuple(GenerationRequest.model_fields)
+_FIELD_WORD = re.compile(r"[a-z_]+")
+
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """A failure the client should see as-is (status, code, message, offending field)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+
+
+class InvalidInput(ApiError):
+    def __init__(self, code: str, message: str, field: str | None = None):
+        super().__init__(422, code, message, field)
+
+
+class TooLarge(ApiError):
+    def __init__(self, code: str, message: str, field: str | None = None):
+        super().__init__(413, code, message, field)
+
+
+class NotFound(ApiError):
+    def __init__(self, message: str, code: str = "not_found"):
+        super().__init__(404, code, message)
+
+
+class Conflict(ApiError):
+    def __init__(self, code: str, message: str, field: str | None = None):
+        super().__init__(409, code, message, field)
+
+
+class Unavailable(ApiError):
+    def __init__(self, code: str, message: str, retry_after_seconds: int | None = None):
+        headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds else None
+        super().__init__(503, code, message, headers=headers)
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, field=field))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
+
+
+def _field_of(loc: Sequence[Any], message: str) -> str | None:
+    """Dotted location without the leading "body"/"query"/…; model-level errors name a field."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
+        parts = parts[1:]
+    # GenerationRequest's model validator reports at the body root; its messages start
+    # with the field they are about ("init_image is required for task 'inpaint'").
+    if not parts:
+        for word in _FIELD_WORD.findall(message):
+            if word in _REQUEST_FIELDS:
+                return word
+        return None
+    return ".".join(parts)
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    if not errors:
+        return error_response(422, "invalid_request", "the request is invalid")
+    first = errors[0]
+    kind = first.get("type", "")
+    raw_message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    field = _field_of(first.get("loc", ()), raw_message)
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+
+    if kind == "json_invalid":
+        detail = first.get("ctx", {}).get("error", "malformed JSON")
+        return error_response(400, "invalid_json", f"the body is not valid JSON: {detail}")
+    if kind == "missing" and field is None:
+        return error_response(422, "missing_body", "a JSON request body is required")
+    if kind == "extra_forbidden":
+        return error_response(422, "unknown_field", f"unknown field '{field}'{more}", field)
+    if kind == "string_too_long" and field in _SIZE_LIMITED_FIELDS:
+        return error_response(413, "image_too_large", f"{field} is larger than 10 MB", field)
+    message = f"{field}: {raw_message}" if field else raw_message
+    return error_response(422, "invalid_request", message + more, field)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception FastAPI can raise into the one error shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _CODES_BY_STATUS.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, headers=exc.headers)
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.error("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            503, "redis_unavailable", "the job store is unreachable; try again",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the log, never to the client.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal server error")

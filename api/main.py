@@ -1,0 +1,67 @@
+"""The latentd HTTP API: ``create_app()`` builds it; ``uvicorn api.main:app`` serves it."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_response, install_error_handlers
+from api.routes import health, jobs, models
+from shared.schemas import MAX_IMAGE_B64_CHARS
+
+API_VERSION = "0.1.0"
+# Two base64 images at their limit plus room for every other field.
+MAX_BODY_BYTES = 2 * MAX_IMAGE_B64_CHARS + 1024 * 1024
+
+
+class BodySizeLimit:
+    """413 for bodies over ``max_bytes``: by Content-Length up front, else while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = error_response(413, "payload_too_large", self._message())
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Raised inside the app's body read; FastAPI passes HTTPException
+                    # through (anything else becomes a 400) to the error handlers.
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than {self.max_bytes // (1024 * 1024)} MB"
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="latentd",
+        version=API_VERSION,
+        summary="Self-hosted text-to-image: queue diffusion jobs, follow them, fetch images.",
+        docs_url="/docs",
+    )
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    return app
+
+
+app = create_app()

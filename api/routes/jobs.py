@@ -1,0 +1,137 @@
+"""``/v1/jobs``: submit, read, list, cancel, delete, fetch images, follow events."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import JobEventsDep, JobServiceDep, OwnerDep, SettingsDep
+from shared.schemas import ErrorBody, GenerationRequest, Job, JobPage, JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
+_ERRORS = {
+    code: {"model": ErrorBody}
+    for code in (400, 404, 409, 413, 422, 503)
+}
+
+PreferHeader = Annotated[
+    str | None,
+    Header(description="`wait=N`: block up to N seconds (capped) for the job to finish."),
+]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(description="Same key and body → the same job; same key, other body → 409."),
+]
+JobId = Annotated[str, Path(max_length=64)]
+
+
+def wait_seconds(prefer: str | None, cap: int) -> int:
+    """Seconds asked for by an RFC 7240 ``Prefer: wait=N`` header, capped by the server."""
+    match = _PREFER_WAIT.search(prefer or "")
+    return min(int(match.group(1)), cap) if match else 0
+
+
+def _answer(response: Response, job: Job, waited: int) -> Job:
+    response.status_code = 200 if job.status.is_terminal() else 202
+    if waited:
+        response.headers["Preference-Applied"] = f"wait={waited}"
+    return job
+
+
+@router.post("", status_code=202, responses=_ERRORS)
+async def submit_job(
+    body: GenerationRequest,
+    response: Response,
+    service: JobServiceDep,
+    events: JobEventsDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    prefer: PreferHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Job:
+    """Queue a generation job (202); with ``Prefer: wait=N``, 200 once it has finished."""
+    submission = await run_in_threadpool(service.submit, body, owner, idempotency_key)
+    waited = wait_seconds(prefer, settings.max_wait_seconds)
+    job = await events.wait(submission.job, waited)
+    if not submission.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _answer(response, job, waited)
+
+
+@router.get("", responses=_ERRORS)
+def list_jobs(
+    service: JobServiceDep,
+    owner: OwnerDep,
+    status: JobStatus | None = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobPage:
+    """Your jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    return service.list(owner, status, cursor, limit)
+
+
+@router.get("/{job_id}", responses=_ERRORS)
+async def get_job(
+    job_id: JobId,
+    response: Response,
+    service: JobServiceDep,
+    events: JobEventsDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    prefer: PreferHeader = None,
+) -> Job:
+    """The job; with ``Prefer: wait=N``, once it has finished (200) or N seconds passed (202)."""
+    job = await run_in_threadpool(service.get, job_id, owner)
+    waited = wait_seconds(prefer, settings.max_wait_seconds)
+    job = await events.wait(job, waited)
+    if waited:
+        return _answer(response, job, waited)
+    return job
+
+
+@router.post("/{job_id}/cancel", responses=_ERRORS)
+def cancel_job(job_id: JobId, service: JobServiceDep, owner: OwnerDep) -> Job:
+    """Cancel: queued jobs at once, running ones within a step; finished jobs stay as they are.
+
+    Always 200 with the job as it now stands, so retrying a cancel is harmless.
+    """
+    return service.cancel(job_id, owner)
+
+
+@router.delete("/{job_id}", status_code=204, responses=_ERRORS)
+def delete_job(job_id: JobId, service: JobServiceDep, owner: OwnerDep) -> Response:
+    """Cancel the job if it is live, then delete it and its images."""
+    service.delete(job_id, owner)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{job_id}/images/{index}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+               **_ERRORS},
+)
+def get_image(
+    job_id: JobId, index: Annotated[int, Path(ge=0)], service: JobServiceDep, owner: OwnerDep
+) -> Response:
+    """One output image, in the job's output format."""
+    data, content_type = service.image(job_id, index, owner)
+    # Outputs never change once written (a re-run writes the same bytes).
+    return Response(data, media_type=content_type,
+                    headers={"Cache-Control": "private, max-age=86400, immutable"})
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS},
+)
+async def job_events(job_id: JobId, events: JobEventsDep, owner: OwnerDep) -> EventSourceResponse:
+    """Server-Sent Events: the current state, then queued/started/progress/completed."""
+    return EventSourceResponse(await events.stream(job_id, owner), ping=15)
