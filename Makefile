@@ -1,0 +1,30 @@
+# latentd: `make run` starts the service on this machine, `make test` runs the test suite.
+# Both first prepare .venv (Python 3.11, pinned dependencies); that step is a no-op when
+# nothing changed. See scripts/install.sh and scripts/run.py.
+
+VENV_PYTHON := .venv/bin/python
+
+.PHONY: run test lint install help
+
+help:
+	@echo "make run     start Redis, the workers and the API on http://127.0.0.1:$${LATENTD_PORT:-8000}"
+	@echo "make test    run the test suite"
+	@echo "make lint    ruff"
+	@echo "make install create .venv and install the pinned dependencies"
+
+install:
+	@scripts/install.sh
+
+# Redis is started by the launcher unless LATENTD_REDIS_URL points at one already.
+run:
+	@scripts/install.sh $(if $(LATENTD_REDIS_URL),,--redis-server)
+	$(VENV_PYTHON) scripts/run.py
+
+# The suite starts its own redis-server on a free port.
+test:
+	@scripts/install.sh --redis-server
+	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint:
+	@scripts/install.sh
+	.venv/bin/ruff check .

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Run latentd on this machine as one supervised unit (``make run``).
+
+Starts Redis (unless LATENTD_REDIS_URL names one), the generation worker, the webhook worker
+and the API; waits for ``/readyz``; then waits. Ctrl-C or SIGTERM stops everything it started
+within 30 s; if any process dies on its own, everything stops and the exit code is non-zero.
+
+Children are stopped in order: API and workers first, Redis last so that in-flight acks and
+the append-only file land (see process_supervisor.py for how each one is stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+# scripts/ is on sys.path when this file runs as a script.
+from process_supervisor import ChildDied, Supervisor, log, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REDIS_PORT = 6379
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def load_or_create_webhook_secret(path: Path) -> str:
+    """The secret stored at ``path``; a new one is generated and stored on first use."""
+    if path.exists():
+        secret = path.read_text().strip()
+        if not secret.startswith("whsec_"):
+            raise SystemExit(f"latentd: {path} does not hold a 'whsec_<base64>' secret")
+        return secret
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
+
+
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def http_status(url: str) -> tuple[int | None, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read(500).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(500).decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return None, str(exc)
+
+
+def connect_host(bind_host: str) -> str:
+    """Where a local client reaches a server bound to ``bind_host``."""
+    if bind_host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if bind_host == "::":
+        return "[::1]"
+    return f"[{bind_host}]" if ":" in bind_host else bind_host
+
+
+def redis_command(redis_dir: Path, port: int) -> list[str]:
+    # AOF with fsync every second: an accepted job survives a Redis restart (DESIGN.md).
+    return [
+        "redis-server",
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(redis_dir),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--logfile", str(redis_dir / "redis.log"),
+    ]
+
+
+def service_commands(host: str, port: int) -> list[tuple[str, list[str]]]:
+    """The fixed process commands (common brief), run with this virtualenv's Python."""
+    python, tag = sys.executable, os.getpid()
+    return [
+        ("generation worker", [
+            python, "-m", "celery", "-A", "worker.generation_worker", "worker",
+            "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
+            "-n", f"gen-%h-{tag}",
+        ]),
+        ("webhook worker", [
+            python, "-m", "celery", "-A", "worker.webhook_worker", "worker",
+            "--pool", "threads", "--concurrency", "8", "-Q", "webhooks",
+            "-n", f"webhooks-%h-{tag}",
+        ]),
+        ("API", [python, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)]),
+    ]
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ready-timeout", type=float, default=300.0,
+                        help="seconds to wait for /readyz (the first worker start imports torch)")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from shared.settings import get_settings
+
+    settings = get_settings()  # exits with a readable message on a bad LATENTD_* value
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not port_is_free(settings.host, settings.port):
+        log(f"{settings.host}:{settings.port} is already in use; set LATENTD_PORT to another port")
+        return 1
+
+    stop_signal: list[int] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if stop_signal:
+            supervisor.hurry = True
+        stop_signal.append(signum)
+
+    supervisor = Supervisor()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, request_stop)
+
+    try:
+        return _run(settings, data_dir, supervisor, args.ready_timeout, lambda: bool(stop_signal))
+    except ChildDied as exc:
+        log(f"{exc} unexpectedly")
+        return 1
+    finally:
+        if supervisor.children:
+            log("stopping ...")
+            supervisor.stop()
+            log("stopped")
+
+
+def _run(settings, data_dir: Path, supervisor: Supervisor, ready_timeout: float,
+         stop_requested: Callable[[], bool]) -> int:
+    redis_url = _redis(settings, data_dir, supervisor, stop_requested)
+    if redis_url is None:
+        return 0 if stop_requested() else 1
+    # Children inherit the caller's environment plus the resolved values below; each
+    # re-reads (and re-validates) its settings from it.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", LATENTD_DATA_DIR=str(data_dir),
+               LATENTD_HOST=settings.host, LATENTD_PORT=str(settings.port),
+               LATENTD_REDIS_URL=redis_url)
+    secret_note = "from LATENTD_WEBHOOK_SECRET"
+    if settings.webhook_secret is None:
+        secret_file = data_dir / "webhook_secret"
+        env["LATENTD_WEBHOOK_SECRET"] = load_or_create_webhook_secret(secret_file)
+        secret_note = f"{env['LATENTD_WEBHOOK_SECRET']} (stored in {secret_file})"
+
+    for name, argv in service_commands(settings.host, settings.port):
+        escalation = signal.SIGQUIT if "celery" in argv else None
+        supervisor.start(name, argv, cwd=REPO_ROOT, env=env, escalation_signal=escalation)
+
+    base_url = f"http://{connect_host(settings.host)}:{settings.port}"
+    last_answer = ["none"]
+
+    def ready() -> bool:
+        status, body = http_status(base_url + "/readyz")
+        last_answer[0] = f"{status} {body}".strip()
+        return status == 200
+
+    log(f"waiting for {base_url}/readyz (workers load their models first) ...")
+    if not wait_until(ready, ready_timeout, supervisor, stop_requested):
+        if stop_requested():
+            return 0
+        log(f"{base_url}/readyz did not return 200 within {ready_timeout:.0f} s "
+            f"(last answer: {last_answer[0]})")
+        return 1
+
+    print(
+        f"\nlatentd is ready: {base_url}   (API docs: {base_url}/docs)\n"
+        f"  Redis:          {redis_url}\n"
+        f"  data:           {data_dir}\n"
+        f"  webhook secret: {secret_note}\n"
+        "Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+    while not stop_requested():
+        dead = supervisor.first_exited()
+        if dead is not None:
+            raise ChildDied(dead)
+        time.sleep(0.25)
+    return 0
+
+
+def _redis(settings, data_dir: Path, supervisor: Supervisor,
+           stop_requested: Callable[[], bool]) -> str | None:
+    """The URL of a Redis that answers: LATENTD_REDIS_URL's, or one started here."""
+    if "redis_url" in settings.model_fields_set:
+        url = settings.redis_url
+        log(f"using the Redis at {url} (LATENTD_REDIS_URL)")
+        if wait_until(lambda: redis_answers(url), 15, supervisor, stop_requested):
+            return url
+        if not stop_requested():
+            log(f"the Redis at {url} does not answer")
+        return None
+
+    redis_dir = data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    port = DEFAULT_REDIS_PORT if port_is_free("127.0.0.1", DEFAULT_REDIS_PORT) else free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    supervisor.start("redis-server", redis_command(redis_dir, port), cwd=REPO_ROOT,
+                     infrastructure=True)
+    try:
+        if wait_until(lambda: redis_answers(url), 30, supervisor, stop_requested):
+            return url
+    except ChildDied:
+        log(f"redis-server failed to start; end of {redis_dir / 'redis.log'}:\n"
+            + tail(redis_dir / "redis.log"))
+        raise
+    if not stop_requested():
+        log("redis-server did not answer within 30 s")
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
