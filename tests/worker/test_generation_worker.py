@@ -1,0 +1,76 @@
+"""A real ``celery -A worker.generation_worker worker`` process: models load in the forked
+child, the heartbeat announces it, a published task runs, shutdown withdraws the heartbeat.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+
+from shared.celery_app import GENERATE_TASK, make_celery
+from shared.heartbeat import live_workers
+from shared.jobstore import JobStore
+from shared.model_registry import queue_for_model
+from shared.schemas import Job, JobStatus
+from shared.settings import Settings
+from shared.storage import LocalStorage, image_key
+from tests.worker.conftest import make_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(condition, timeout: float, what: str, log: Path):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; worker log:\n{log.read_text()}")
+        time.sleep(0.1)
+    return result
+
+
+def test_worker_process_serves_the_model_it_loaded_after_forking(
+    redis_server: str, tmp_path: Path
+) -> None:
+    # Its own database: other tests flush theirs, this one must keep the queue bindings.
+    redis_url = redis_server.rsplit("/", 1)[0] + "/7"
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path / "data")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "LATENTD_REDIS_URL": redis_url, "LATENTD_DATA_DIR": str(settings.data_dir),
+           "LATENTD_TORCH_THREADS": "1", "LATENTD_DEFAULT_MODEL": "tiny-random"}
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "celery"), "-A", "worker.generation_worker", "worker",
+         "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
+         "-n", f"gen-test-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
+        cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        [name] = wait_for(lambda: live_workers(client, "tiny-random"), 90, "a heartbeat", log)
+        # The heartbeat names the process that holds the weights: the child, not the parent.
+        assert int(name.rsplit("-", 1)[1]) != worker.pid
+
+        store = JobStore(client, settings)
+        now = datetime.now(UTC)
+        job, _ = store.create(Job(id=store.new_job_id(), owner="alice", status=JobStatus.QUEUED,
+                                  created_at=now, updated_at=now, request=make_params(seed=5)))
+        make_celery(settings).send_task(GENERATE_TASK, args=[job.id],
+                                        queue=queue_for_model("tiny-random"))
+        done = wait_for(lambda: (j := store.get(job.id)).status.is_terminal() and j, 60,
+                        "the job to finish", log)
+        assert done.status is JobStatus.SUCCEEDED, done.error
+        assert LocalStorage(settings.images_dir).get(image_key(job.id, 0, "png"))[:4] == b"\x89PNG"
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+    # A clean shutdown withdraws the heartbeat instead of waiting for it to expire.
+    assert live_workers(client, "tiny-random") == [], log.read_text()

@@ -1,0 +1,247 @@
+"""The generation task against a real redis-server job store, local storage and tiny-random."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+from PIL import Image
+
+from shared.jobstore import JobStore
+from shared.schemas import EventType, Job, JobParams, JobStatus
+from shared.settings import Settings, get_settings
+from shared.storage import LocalStorage, image_key, input_key, job_prefix
+from tests.worker.conftest import make_params
+from worker import tasks
+from worker.engine import GenerationEngine
+from worker.tasks import ProgressReporter, WorkerRuntime, run_job
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(redis_url=redis_url, data_dir=tmp_path / "data", torch_threads=1)
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    return JobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+
+
+@pytest.fixture
+def runtime(engine: GenerationEngine, store: JobStore, settings: Settings) -> WorkerRuntime:
+    return WorkerRuntime(engine, store, LocalStorage(settings.images_dir), settings)
+
+
+def submit(store: JobStore, params: JobParams | None = None, job_id: str | None = None,
+           **overrides: object) -> Job:
+    now = datetime.now(UTC)
+    job = Job(id=job_id or store.new_job_id(), owner="alice", status=JobStatus.QUEUED,
+              created_at=now, updated_at=now, request=params or make_params(**overrides))
+    stored, created = store.create(job)
+    assert created
+    return stored
+
+
+def stored_bytes(runtime: WorkerRuntime, job_id: str, index: int = 0, ext: str = "png") -> bytes:
+    return runtime.storage.get(image_key(job_id, index, ext))
+
+
+def subscribe(store: JobStore, job_id: str):
+    pubsub = store._redis.pubsub()
+    pubsub.subscribe(JobStore.channel(job_id))
+    pubsub.get_message(timeout=1)  # the subscribe confirmation
+    return pubsub
+
+
+def received(pubsub) -> list[dict]:
+    messages = []
+    while (message := pubsub.get_message(timeout=0.2)) is not None:
+        if message["type"] == "message":
+            messages.append(json.loads(message["data"]))
+    return messages
+
+
+def test_job_succeeds_with_images_seeds_urls_and_metrics(runtime, store) -> None:
+    job = submit(store, num_images=2, seed=40, width=64, height=48)
+    channel = subscribe(store, job.id)
+    run_job(job.id, runtime)
+
+    done = store.get(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.error is None
+    assert [(i.index, i.seed, i.url) for i in done.images] == [
+        (0, 40, f"/v1/jobs/{job.id}/images/0"), (1, 41, f"/v1/jobs/{job.id}/images/1")]
+    assert all((i.width, i.height, i.content_type) == (64, 48, "image/png") for i in done.images)
+    png = Image.open(io.BytesIO(stored_bytes(runtime, job.id, 1)))
+    assert png.size == (64, 48) and "Seed: 41" in png.text["parameters"]
+    metrics = done.metrics
+    assert 0 <= metrics.queue_seconds <= metrics.total_seconds
+    assert 0 < metrics.inference_seconds <= metrics.total_seconds
+
+    types = [event["type"] for event in received(channel)]
+    assert types[0] == EventType.STARTED and types[-1] == EventType.COMPLETED
+    assert EventType.PROGRESS in types
+    assert done.progress.step == done.progress.total_steps == 4
+
+
+def test_a_redelivered_job_writes_the_same_keys_and_bytes(runtime, store) -> None:
+    first = submit(store, seed=3)
+    run_job(first.id, runtime)
+    original = stored_bytes(runtime, first.id)
+
+    # A worker died mid-job: the broker redelivers and the job is still "running".
+    second = submit(store, seed=3)
+    assert store.mark_running(second.id) is not None
+    run_job(second.id, runtime)
+    assert store.get(second.id).status is JobStatus.SUCCEEDED
+    assert store.get(second.id).attempts == 2
+    assert stored_bytes(runtime, second.id) == original
+
+
+def test_a_finished_job_is_not_run_again(runtime, store) -> None:
+    job = submit(store)
+    run_job(job.id, runtime)
+    finished = store.get(job.id)
+    runtime.storage.delete_prefix(job_prefix(job.id))
+    run_job(job.id, runtime)
+    assert store.get(job.id).model_dump() == finished.model_dump()
+    with pytest.raises(KeyError):
+        stored_bytes(runtime, job.id)
+
+
+def test_unknown_job_is_skipped(runtime, store) -> None:
+    missing = "job_" + "0" * 24
+    run_job(missing, runtime)
+    assert store.get(missing) is None
+
+
+def test_other_formats_are_stored_under_their_extension(runtime, store) -> None:
+    job = submit(store, output_format="webp")
+    run_job(job.id, runtime)
+    [info] = store.get(job.id).images
+    assert info.content_type == "image/webp"
+    assert Image.open(io.BytesIO(stored_bytes(runtime, job.id, 0, "webp"))).format == "WEBP"
+
+
+def test_image_tasks_read_their_inputs_from_storage(runtime, store) -> None:
+    job_id = store.new_job_id()
+    # The API stores the inputs under the job's prefix and names the keys in the params.
+    for name, image in (("init", Image.new("RGB", (64, 64), (10, 200, 30))),
+                        ("mask", Image.new("L", (64, 64), 255))):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        runtime.storage.put(input_key(job_id, name), buffer.getvalue(), "image/png")
+    params = make_params(task="inpaint", init_image_key=input_key(job_id, "init"),
+                         mask_image_key=input_key(job_id, "mask"))
+    submit(store, params, job_id=job_id)
+    run_job(job_id, runtime)
+    done = store.get(job_id)
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert "Denoising strength: 0.75" in Image.open(
+        io.BytesIO(stored_bytes(runtime, job_id))).text["parameters"]
+
+
+def test_missing_input_image_fails_the_job_clearly(runtime, store) -> None:
+    job_id = store.new_job_id()
+    submit(store, make_params(task="image-to-image", init_image_key=input_key(job_id, "init")),
+           job_id=job_id)
+    run_job(job_id, runtime)
+    done = store.get(job_id)
+    assert done.status is JobStatus.FAILED
+    assert done.error.code == "generation_failed" and "missing" in done.error.message
+
+
+def test_engine_refusal_fails_the_job_with_its_message(runtime, store) -> None:
+    job = submit(store, make_params(model="not-loaded-here"))
+    run_job(job.id, runtime)
+    done = store.get(job.id)
+    assert done.status is JobStatus.FAILED
+    assert "model 'not-loaded-here' is not loaded" in done.error.message
+
+
+class CancelAfterFirstProgress(JobStore):
+    """The real store, with a user pressing cancel as soon as progress shows."""
+
+    def update_progress(self, job_id: str, step: int, total_steps: int, eta) -> None:
+        super().update_progress(job_id, step, total_steps, eta)
+        self.request_cancel(job_id)
+
+
+def test_cancel_while_running_stops_within_a_step(runtime, settings) -> None:
+    store = CancelAfterFirstProgress(runtime.store._redis, settings)
+    runtime = WorkerRuntime(runtime.engine, store, runtime.storage, settings)
+    job = submit(store, steps=30)
+    run_job(job.id, runtime)
+    done = store.get(job.id)
+    assert done.status is JobStatus.CANCELED
+    assert done.progress.step == 1 and done.progress.total_steps == 30
+    assert done.images == []
+    with pytest.raises(KeyError):
+        stored_bytes(runtime, job.id)
+
+
+def test_cancel_flag_set_before_the_run_skips_generation(runtime, store) -> None:
+    job = submit(store)
+    store.mark_running(job.id)  # the first worker died after claiming it...
+    store.request_cancel(job.id)  # ...and the user canceled meanwhile
+    run_job(job.id, runtime)
+    done = store.get(job.id)
+    assert done.status is JobStatus.CANCELED and done.progress.step == 0
+
+
+class TimingOutEngine(GenerationEngine):
+    def generate(self, *args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+
+def test_soft_time_limit_fails_the_job_as_timeout(runtime, store, settings) -> None:
+    runtime = WorkerRuntime(TimingOutEngine({}), store, runtime.storage, settings)
+    job = submit(store)
+    run_job(job.id, runtime)
+    done = store.get(job.id)
+    assert done.status is JobStatus.FAILED
+    assert done.error.code == "timeout" and str(settings.task_soft_time_limit) in done.error.message
+
+
+def test_progress_is_throttled_but_first_and_last_steps_always_publish(store) -> None:
+    job = submit(store)
+    store.mark_running(job.id)
+    channel = subscribe(store, job.id)
+    report = ProgressReporter(store, job.id, min_interval=60)
+    assert [report(step, 10) for step in range(1, 11)] == [False] * 10
+    progress = [e["progress"] for e in received(channel) if e["type"] == EventType.PROGRESS]
+    assert [(p["step"], p["total_steps"]) for p in progress] == [(1, 10), (10, 10)]
+    assert progress[-1]["eta_seconds"] == 0
+    store.request_cancel(job.id)
+    assert report(11, 12) is True
+
+
+def test_celery_task_runs_the_job_with_the_installed_runtime(runtime, store) -> None:
+    job = submit(store)
+    tasks.install_runtime(runtime)
+    try:
+        tasks.generate.apply(args=[job.id]).get()
+    finally:
+        tasks.install_runtime(None)
+    assert store.get(job.id).status is JobStatus.SUCCEEDED
+
+
+def test_celery_task_fails_the_job_when_the_models_did_not_load(
+    store, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LATENTD_REDIS_URL", settings.redis_url)
+    get_settings.cache_clear()
+    job = submit(store)
+    tasks.install_runtime(None, RuntimeError("CUDA out of memory"))
+    try:
+        tasks.generate.apply(args=[job.id]).get()
+    finally:
+        tasks.install_runtime(None)
+        get_settings.cache_clear()
+    done = store.get(job.id)
+    assert done.status is JobStatus.FAILED
+    assert done.error.code == "model_unavailable" and "CUDA out of memory" in done.error.message

@@ -1,0 +1,78 @@
+"""The generation worker's liveness beacon: a daemon thread refreshing one expiring Redis
+key per served model (format and TTL in shared.heartbeat, which /readyz reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+import redis
+
+from shared.heartbeat import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS, beat, stop
+
+logger = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    """``<hostname>-<pid>``: unique per worker process across hosts."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Heartbeat:
+    """Announces that this process serves ``models`` until stopped or killed."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        models: list[str],
+        worker: str | None = None,
+        interval_seconds: float = HEARTBEAT_INTERVAL_SECONDS,
+        ttl_seconds: int = HEARTBEAT_TTL_SECONDS,
+    ):
+        self.client = client
+        self.models = list(models)
+        self.worker = worker or worker_name()
+        self.interval_seconds = interval_seconds
+        self.ttl_seconds = ttl_seconds
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat_once(self) -> None:
+        for model in self.models:
+            beat(self.client, model, self.worker, self.ttl_seconds)
+
+    def start(self) -> None:
+        """Beat now (so readiness flips before the first interval) and keep beating."""
+        self._beat_logging_failures()
+        self._thread = threading.Thread(target=self._run, name="latentd-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and withdraw the keys, so readiness drops at once."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_seconds + 1)
+        try:
+            for model in self.models:
+                stop(self.client, model, self.worker)
+        except redis.RedisError:
+            logger.warning("could not withdraw heartbeat (keys expire in %ss)", self.ttl_seconds)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval_seconds):
+            self._beat_logging_failures()
+
+    def _beat_logging_failures(self) -> None:
+        try:
+            self.beat_once()
+        except redis.RedisError as exc:
+            # Redis being away is not this thread's to fix: keep trying; the keys
+            # expiring meanwhile is exactly what readiness should see.
+            logger.warning("heartbeat failed: %s", exc)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()

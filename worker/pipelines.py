@@ -1,0 +1,276 @@
+"""Model sources → loaded diffusers pipelines: one text-to-image load per model, with the
+image-to-image and inpaint variants built on the same weights (``from_pipe``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+    DDIMScheduler,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from shared.model_registry import EMBEDDED_PREFIX, TINY_RANDOM, ModelSpec
+from shared.schemas import Task
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EMOJI = "emoji"
+TINY_RANDOM_SEED = 0
+# CLIP's context length: prompts are truncated to it, like Stable Diffusion's.
+TINY_MAX_TOKENS = 77
+
+
+class ModelLoadError(RuntimeError):
+    """A model's source could not be turned into a pipeline (missing, offline, unsupported)."""
+
+
+@dataclass
+class LoadedModel:
+    """One model's pipelines, all sharing the same weights on one device."""
+
+    spec: ModelSpec
+    text_to_image: DiffusionPipeline
+    image_to_image: DiffusionPipeline | None
+    inpaint: DiffusionPipeline | None
+    # The scheduler config the model shipped with: every run's scheduler starts from it.
+    scheduler_config: Mapping[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+
+    def pipeline_for(self, task: Task) -> DiffusionPipeline | None:
+        """The pipeline that runs ``task`` (outpaint is inpainting a padded canvas)."""
+        if task not in self.spec.tasks:
+            return None
+        return {
+            Task.TEXT_TO_IMAGE: self.text_to_image,
+            Task.IMAGE_TO_IMAGE: self.image_to_image,
+            Task.INPAINT: self.inpaint,
+            Task.OUTPAINT: self.inpaint,
+        }[task]
+
+
+def torch_dtype_for(device: str) -> torch.dtype:
+    """Half precision on CUDA (twice the speed, half the memory); full precision on CPU."""
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def configure_torch(settings: Settings) -> None:
+    """Apply process-wide torch settings (thread count) before any model runs."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+
+
+def load_pipeline(spec: ModelSpec, settings: Settings) -> LoadedModel:
+    """Load ``spec``'s weights once and derive its image-to-image and inpaint pipelines."""
+    configure_torch(settings)
+    device = torch.device(settings.device)
+    dtype = torch_dtype_for(settings.device)
+    pipe = _load_text_to_image(spec, dtype)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    image_to_image = _derive(AutoPipelineForImage2Image, pipe, spec, Task.IMAGE_TO_IMAGE)
+    inpaint = _derive(AutoPipelineForInpainting, pipe, spec, Task.INPAINT)
+    logger.info(
+        "loaded model %s (%s) as %s on %s/%s",
+        spec.name, spec.source, type(pipe).__name__, device, str(dtype).removeprefix("torch."),
+    )
+    return LoadedModel(
+        spec=spec,
+        text_to_image=pipe,
+        image_to_image=image_to_image,
+        inpaint=inpaint,
+        scheduler_config=dict(pipe.scheduler.config),
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _derive(
+    auto_class: type, pipe: DiffusionPipeline, spec: ModelSpec, task: Task
+) -> DiffusionPipeline | None:
+    """The ``task`` variant of ``pipe`` on the same modules, or None if diffusers has none."""
+    wanted = task in spec.tasks or (task is Task.INPAINT and Task.OUTPAINT in spec.tasks)
+    if not wanted:
+        return None
+    try:
+        derived = auto_class.from_pipe(pipe)
+    except (ValueError, KeyError, TypeError) as exc:
+        # Some text-to-image pipelines have no image-to-image/inpaint sibling: the model
+        # still serves text-to-image and requests for the missing task fail clearly.
+        logger.warning("model %s has no %s pipeline: %s", spec.name, task.value, exc)
+        return None
+    derived.set_progress_bar_config(disable=True)
+    return derived
+
+
+def _load_text_to_image(spec: ModelSpec, dtype: torch.dtype) -> DiffusionPipeline:
+    source = spec.source
+    if source.startswith(EMBEDDED_PREFIX):
+        return _load_builtin(source.removeprefix(EMBEDDED_PREFIX), dtype)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _load_local_directory(path, dtype)
+    if path.is_absolute() or source.startswith((".", "~")):
+        raise ModelLoadError(f"model '{spec.name}': directory {source!r} does not exist")
+    return _load_from_hub(spec.name, source, dtype)
+
+
+def _load_builtin(name: str, dtype: torch.dtype) -> DiffusionPipeline:
+    if name == TINY_RANDOM:
+        pipe = build_tiny_random_pipeline()
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    if name == EMOJI:
+        return _load_emoji(dtype)
+    raise ModelLoadError(f"unknown built-in model 'builtin:{name}'")
+
+
+def _load_emoji(dtype: torch.dtype) -> DiffusionPipeline:
+    try:
+        # Imported here: the embedded model's module is optional and heavy.
+        from models.pipeline import load_emoji_pipeline
+    except ImportError as exc:
+        raise ModelLoadError(f"the embedded emoji model is not available: {exc}") from exc
+    accepted = inspect.signature(load_emoji_pipeline).parameters
+    kwargs = {key: dtype for key in ("dtype", "torch_dtype") if key in accepted}
+    try:
+        pipe = load_emoji_pipeline(**kwargs)
+    except OSError as exc:  # weights not trained/shipped yet, or a pinned file mismatch
+        raise ModelLoadError(f"the embedded emoji model could not be loaded: {exc}") from exc
+    return pipe if pipe.dtype == dtype else pipe.to(dtype=dtype)
+
+
+def _load_local_directory(path: Path, dtype: torch.dtype) -> DiffusionPipeline:
+    try:
+        return AutoPipelineForText2Image.from_pretrained(
+            path, dtype=dtype, local_files_only=True
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is not a loadable diffusers pipeline: {exc}") from exc
+
+
+def _load_from_hub(name: str, repo_id: str, dtype: torch.dtype) -> DiffusionPipeline:
+    try:
+        return AutoPipelineForText2Image.from_pretrained(repo_id, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"model '{name}': could not load hub id {repo_id!r} ({exc}). Hub models need "
+            "network access the first time (or a populated HF cache); point the model at a "
+            "local diffusers directory to run offline."
+        ) from exc
+
+
+# --- builtin:tiny-random ----------------------------------------------------------------
+
+
+def build_tiny_random_pipeline() -> StableDiffusionPipeline:
+    """A Stable-Diffusion-shaped pipeline with tiny random weights, identical on every call.
+
+    Built in code (no download): the same shapes as diffusers' own pipeline tests, except a
+    4-level VAE so latents are 1/8 of the image like the real model's.
+    """
+    # Seed a private copy of the RNG so building the model never disturbs the caller's.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_RANDOM_SEED)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=(2, 4),
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(8, 16, 32, 32),
+            norm_num_groups=8,
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            layers_per_block=1,
+            sample_size=64,
+        )
+        tokenizer = build_byte_level_clip_tokenizer()
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=TINY_MAX_TOKENS,
+                layer_norm_eps=1e-5,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    # Stable Diffusion 1.x's noise schedule.
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_byte_level_clip_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer with a byte-level vocabulary and no merges, made offline.
+
+    Every string tokenizes (one token per byte, the last of a word marked ``</w>``), so
+    any prompt works while the vocabulary stays at 514 entries.
+    """
+    symbols = _bytes_to_unicode()
+    vocab = {symbol: index for index, symbol in enumerate(symbols)}
+    vocab.update({symbol + "</w>": len(symbols) + index for index, symbol in enumerate(symbols)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TINY_MAX_TOKENS)
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP's table of 256 printable characters standing for the 256 byte values."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    codepoints = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codepoints.append(256 + extra)
+            extra += 1
+    return [chr(codepoint) for codepoint in codepoints]
