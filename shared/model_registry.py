@@ -10,6 +10,7 @@ from shared.schemas import SCHEDULERS, ModelInfo, Task
 from shared.settings import Settings
 
 TINY_RANDOM = "tiny-random"
+EMOJI = "emoji"
 EMBEDDED_PREFIX = "builtin:"
 
 
@@ -51,6 +52,23 @@ class ModelSpec(BaseModel):
 
 
 BUILTIN_MODELS: dict[str, ModelSpec] = {
+    EMOJI: ModelSpec(
+        name=EMOJI,
+        source=EMBEDDED_PREFIX + EMOJI,
+        default_width=64,
+        default_height=64,
+        # Trained at 64×64; the networks are convolutional, so larger canvases run
+        # (useful for outpainting) but drift from what the model has seen.
+        max_width=256,
+        max_height=256,
+        default_steps=25,
+        default_guidance_scale=5.0,
+        default_scheduler="ddim",
+        description=(
+            "Tiny demo model trained by this project on Noto Color Emoji (64×64, CPU-fast). "
+            "For real work point LATENTD_MODELS at SD 1.5 / SDXL / Flux weights."
+        ),
+    ),
     TINY_RANDOM: ModelSpec(
         name=TINY_RANDOM,
         source=EMBEDDED_PREFIX + TINY_RANDOM,

@@ -10,9 +10,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# The embedded emoji model becomes the default once its weights land; until then
-# the random-weight built-in keeps the service runnable anywhere.
-DEFAULT_MODEL = "tiny-random"
+# The embedded emoji model (models/emoji) works offline on a CPU with no download.
+DEFAULT_MODEL = "emoji"
 
 
 class Settings(BaseSettings):

@@ -23,7 +23,8 @@ from shared.storage import Storage
 
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path) -> Settings:
-    return Settings(redis_url=redis_url, data_dir=tmp_path / "data", max_wait_seconds=5)
+    return Settings(redis_url=redis_url, data_dir=tmp_path / "data", max_wait_seconds=5,
+                    default_model="tiny-random")
 
 
 @pytest.fixture
