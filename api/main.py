@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import get_storage, get_store
 from api.errors import error_response, install_error_handlers
 from api.routes import health, jobs, models
+from api.services.expiry import sweep_forever
 from shared.schemas import MAX_IMAGE_B64_CHARS
+from shared.settings import get_settings
 
 API_VERSION = "0.1.0"
 # Two base64 images at their limit plus room for every other field.
@@ -49,8 +56,20 @@ class BodySizeLimit:
         return f"request body is larger than {self.max_bytes // (1024 * 1024)} MB"
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Runs the expired-output sweeper for as long as the app serves."""
+    settings = app.dependency_overrides.get(get_settings, get_settings)()
+    sweeper = asyncio.create_task(sweep_forever(get_store(settings), get_storage(settings)))
+    yield
+    sweeper.cancel()
+    with suppress(asyncio.CancelledError):
+        await sweeper
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="latentd",
         version=API_VERSION,
         summary="Self-hosted text-to-image: queue diffusion jobs, follow them, fetch images.",

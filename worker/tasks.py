@@ -20,7 +20,7 @@ from shared.jobstore import JobStore
 from shared.model_registry import ModelRegistry
 from shared.schemas import ImageInfo, Job, JobParams, Metrics
 from shared.settings import Settings, get_settings
-from shared.storage import Storage, get_storage, image_key
+from shared.storage import Storage, get_storage, image_key, job_prefix
 from worker.engine import GeneratedImage, GenerationCanceled, GenerationEngine
 from worker.images import decode_image, encode_image, parameters_text
 
@@ -116,7 +116,10 @@ def run_job(job_id: str, runtime: WorkerRuntime) -> None:
         )
         inference_seconds = time.monotonic() - started
         images = _store_outputs(runtime.storage, job_id, params, results)
-        store.mark_succeeded(job_id, images, _metrics(job, inference_seconds))
+        if store.mark_succeeded(job_id, images, _metrics(job, inference_seconds)) is None:
+            if store.get(job_id) is None:  # deleted while it ran: keep no orphaned images
+                runtime.storage.delete_prefix(job_prefix(job_id))
+            return
         logger.info("job %s: %d image(s) in %.2fs", job_id, len(images), inference_seconds)
     except GenerationCanceled as exc:
         logger.info("job %s: %s", job_id, exc)

@@ -100,18 +100,19 @@ def test_terminal_state_never_changes(store: JobStore) -> None:
 
 def test_racing_transitions_have_exactly_one_winner(store: JobStore) -> None:
     for _ in range(20):
-        job, _ = store.create(make_job(store))
-        store.mark_running(job.id)
+        job_id = store.create(make_job(store))[0].id
+        store.mark_running(job_id)
         results: list[Job | None] = []
         barrier = threading.Barrier(2)
 
-        def finish(action) -> None:
+        def finish(action, job_id=job_id, barrier=barrier, results=results) -> None:
             barrier.wait()
-            results.append(action())
+            results.append(action(job_id))
 
         threads = [
-            threading.Thread(target=finish, args=(lambda: store.mark_succeeded(job.id, [], Metrics()),)),
-            threading.Thread(target=finish, args=(lambda: store.mark_canceled(job.id),)),
+            threading.Thread(target=finish,
+                             args=(lambda j: store.mark_succeeded(j, [], Metrics()),)),
+            threading.Thread(target=finish, args=(store.mark_canceled,)),
         ]
         for t in threads:
             t.start()
@@ -119,7 +120,7 @@ def test_racing_transitions_have_exactly_one_winner(store: JobStore) -> None:
             t.join()
         winners = [r for r in results if r is not None]
         assert len(winners) == 1
-        assert store.get(job.id).status is winners[0].status
+        assert store.get(job_id).status is winners[0].status
 
 
 def test_transitions_publish_on_the_job_channel(store: JobStore, client: redis.Redis) -> None:

@@ -184,6 +184,24 @@ def test_cancel_while_running_stops_within_a_step(runtime, settings) -> None:
         stored_bytes(runtime, job.id)
 
 
+class DeleteAfterFirstProgress(JobStore):
+    """The real store, with a user deleting the job while it runs."""
+
+    def update_progress(self, job_id: str, step: int, total_steps: int, eta) -> None:
+        super().update_progress(job_id, step, total_steps, eta)
+        self.delete(job_id)
+
+
+def test_a_job_deleted_while_running_leaves_no_images(runtime, settings) -> None:
+    store = DeleteAfterFirstProgress(runtime.store._redis, settings)
+    runtime = WorkerRuntime(runtime.engine, store, runtime.storage, settings)
+    job = submit(store, steps=3)
+    run_job(job.id, runtime)
+    assert store.get(job.id) is None
+    with pytest.raises(KeyError):
+        stored_bytes(runtime, job.id)
+
+
 def test_cancel_flag_set_before_the_run_skips_generation(runtime, store) -> None:
     job = submit(store)
     store.mark_running(job.id)  # the first worker died after claiming it...

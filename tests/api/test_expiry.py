@@ -1,0 +1,41 @@
+"""Expired jobs' outputs are deleted from storage; live jobs' outputs stay."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import redis
+
+from api.services.expiry import sweep_expired_outputs
+from shared.jobstore import JobStore
+from shared.schemas import Job, JobParams, JobStatus
+from shared.settings import Settings
+from shared.storage import LocalStorage, image_key
+
+
+def make_job(store: JobStore) -> Job:
+    now = datetime.now(UTC)
+    params = JobParams(
+        task="text-to-image", model="tiny-random", prompt="x", negative_prompt=None, width=64,
+        height=64, num_images=1, steps=2, guidance_scale=5, scheduler="ddim", seed=1,
+        seeds=[1], strength=0.75, outpaint=None, output_format="png", priority="normal",
+        webhook=None,
+    )
+    job = Job(id=store.new_job_id(), owner="public", status=JobStatus.QUEUED, created_at=now,
+              updated_at=now, request=params)
+    return store.create(job)[0]
+
+
+def test_sweep_deletes_only_expired_outputs(redis_url: str, tmp_path) -> None:
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path, job_ttl_seconds=600)
+    store = JobStore(redis.Redis.from_url(redis_url, decode_responses=True), settings)
+    storage = LocalStorage(settings.images_dir)
+    job = make_job(store)
+    storage.put(image_key(job.id, 0, "png"), b"png", "image/png")
+
+    assert sweep_expired_outputs(store, storage) == 0
+    assert storage.get(image_key(job.id, 0, "png")) == b"png"
+
+    assert sweep_expired_outputs(store, storage, now=time.time() + 601) == 1
+    assert not (settings.images_dir / "jobs" / job.id).exists()
