@@ -4,12 +4,13 @@
 
 VENV_PYTHON := .venv/bin/python
 
-.PHONY: run test lint install help
+.PHONY: run test lint install help bench
 
 help:
 	@echo "make run     start Redis, the workers and the API on http://127.0.0.1:$${LATENTD_PORT:-8000}"
 	@echo "make test    run the test suite"
 	@echo "make lint    ruff"
+	@echo "make bench   service vs direct pipeline: latency, throughput, API requests/s (BENCH_ARGS=...)"
 	@echo "make install create .venv and install the pinned dependencies"
 
 install:
@@ -28,3 +29,9 @@ test:
 lint:
 	@scripts/install.sh
 	.venv/bin/ruff check .
+
+# Starts its own service on free ports and prints measured ratios (never asserted), e.g.
+# make bench BENCH_ARGS="--model emoji --jobs 5". See bench/README.md.
+bench:
+	@scripts/install.sh --redis-server
+	$(VENV_PYTHON) -m bench.service_overhead $(BENCH_ARGS)

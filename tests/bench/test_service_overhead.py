@@ -1,0 +1,35 @@
+"""The service-overhead benchmark runs end to end at minimal sizes and prints its ratios.
+
+Timings are never asserted: only that every measured line is there with a number.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+NUMBER = r"\d+(?:\.\d+)?"
+EXPECTED_LINES = [
+    rf"^ratio +latency service/direct \(median\) +{NUMBER}x +overhead [+-]\d+ ms per job$",
+    rf"^ratio +throughput service/direct +{NUMBER}x$",
+    rf"^  direct +GenerationEngine\.generate +{NUMBER} s +{NUMBER} s$",
+    rf"^  service +POST /v1/jobs, Prefer: wait +{NUMBER} s +{NUMBER} s$",
+    r"^API  GET /v1/jobs/\{id\}: \d+ requests/s \(2 concurrent clients, .* 0 other;",
+    r"^  torch threads: 1 in the direct path and in the worker \(LATENTD_TORCH_THREADS=1;",
+    r"^  same pixels from both paths: yes$",
+]
+
+
+def test_benchmark_prints_its_ratios() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.service_overhead", "--jobs", "2", "--steps", "1",
+         "--warmup", "1", "--rounds", "1", "--clients", "2", "--rps-seconds", "0.2"],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for pattern in EXPECTED_LINES:
+        assert re.search(pattern, result.stdout, re.MULTILINE), (pattern, result.stdout)
