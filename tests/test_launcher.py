@@ -4,6 +4,8 @@ and one real start of the whole service."""
 from __future__ import annotations
 
 import base64
+import io
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -169,7 +172,7 @@ def test_a_busy_port_is_refused_before_anything_starts(tmp_path, token):
     assert live_processes_with(token) == []
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_make_run_serves_readyz_then_stops_everything_on_sigterm(tmp_path, token):
     port = launcher.free_port()
     process = subprocess.Popen(
@@ -188,6 +191,7 @@ def test_make_run_serves_readyz_then_stops_everything_on_sigterm(tmp_path, token
             assert response.status == 200
         assert (tmp_path / "webhook_secret").read_text().startswith("whsec_")
         assert (tmp_path / "redis" / "appendonlydir").is_dir()
+        assert_default_model_draws_a_red_heart(port)
 
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -198,3 +202,31 @@ def test_make_run_serves_readyz_then_stops_everything_on_sigterm(tmp_path, token
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def assert_default_model_draws_a_red_heart(port: int) -> None:
+    """With no configuration the service answers with the embedded model, recognisably."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/jobs", data=json.dumps({"prompt": "red heart", "seed": 1}).encode(),
+        headers={"content-type": "application/json", "Prefer": "wait=60"}, method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=90) as response:
+        job = json.load(response)
+    deadline = time.monotonic() + 180  # generous: the CPU may be shared with other work
+    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+        poll = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/jobs/{job['id']}", headers={"Prefer": "wait=30"}
+        )
+        with urllib.request.urlopen(poll, timeout=60) as response:
+            job = json.load(response)
+    assert job["status"] == "succeeded", job
+    assert job["request"]["model"] == "emoji"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{job['images'][0]['url']}") as response:
+        image = Image.open(io.BytesIO(response.read())).convert("RGB")
+    assert image.size == (64, 64)
+    pixels = image.tobytes()
+    drawn = [p for p in zip(pixels[0::3], pixels[1::3], pixels[2::3], strict=True)
+             if min(p) < 200]  # ignore the white background
+    assert len(drawn) > 64 * 64 // 4
+    red, green, blue = (sum(channel) / len(drawn) for channel in zip(*drawn, strict=True))
+    assert red > 1.5 * green and red > 1.5 * blue, (red, green, blue)
