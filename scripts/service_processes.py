@@ -45,7 +45,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     # Own process group: Celery's prefork children go down with their parent.
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
@@ -53,7 +53,7 @@ def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     )
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -92,25 +92,25 @@ def running_service(
     procs: list[subprocess.Popen] = []
     try:
         procs.append(
-            _start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+            start_process(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                     "--dir", str(workdir), "--save", "", "--appendonly", "no"],
                    env, workdir / "redis.log"),
         )
         time.sleep(0.3)
         procs.append(
-            _start([str(BIN / "celery"), "-A", "worker.generation_worker", "worker", "--pool",
+            start_process([str(BIN / "celery"), "-A", "worker.generation_worker", "worker", "--pool",
                     "prefork", "--concurrency", "1", "--loglevel", "INFO",
                     "-n", f"gen-{node_tag}@%h"],
                    env, workdir / "worker.log"),
         )
         procs.append(
-            _start([str(BIN / "celery"), "-A", "worker.webhook_worker", "worker", "--pool",
+            start_process([str(BIN / "celery"), "-A", "worker.webhook_worker", "worker", "--pool",
                     "threads", "--concurrency", "4", "-Q", "webhooks", "--loglevel", "INFO",
                     "-n", f"webhooks-{node_tag}@%h"],
                    env, workdir / "webhook-worker.log"),
         )
         procs.append(
-            _start([str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port",
+            start_process([str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port",
                     str(api_port)], env, workdir / "api.log"),
         )
         url = f"http://127.0.0.1:{api_port}"
@@ -118,7 +118,7 @@ def running_service(
         yield ServiceProcesses(url, redis_url, workdir / "data", secret, workdir)
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc)
 
 
 def _wait_until_ready(url: str, procs: list[subprocess.Popen], workdir: Path) -> None:

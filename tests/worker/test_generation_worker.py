@@ -5,8 +5,6 @@ child, the heartbeat announces it, a published task runs, shutdown withdraws the
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -14,6 +12,7 @@ from pathlib import Path
 
 import redis
 
+from scripts.service_processes import start_process, stop_process
 from shared.celery_app import GENERATE_TASK, make_celery
 from shared.heartbeat import live_workers
 from shared.jobstore import JobStore
@@ -46,12 +45,11 @@ def test_worker_process_serves_the_model_it_loaded_after_forking(
     log = tmp_path / "worker.log"
     env = {**os.environ, "LATENTD_REDIS_URL": redis_url, "LATENTD_DATA_DIR": str(settings.data_dir),
            "LATENTD_TORCH_THREADS": "1", "LATENTD_DEFAULT_MODEL": "tiny-random"}
-    worker = subprocess.Popen(
+    worker = start_process(
         [str(Path(sys.executable).parent / "celery"), "-A", "worker.generation_worker", "worker",
          "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
          "-n", f"gen-test-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
-        cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True,
+        env, log,
     )
     try:
         [name] = wait_for(lambda: live_workers(client, "tiny-random"), 90, "a heartbeat", log)
@@ -69,8 +67,6 @@ def test_worker_process_serves_the_model_it_loaded_after_forking(
         assert done.status is JobStatus.SUCCEEDED, done.error
         assert LocalStorage(settings.images_dir).get(image_key(job.id, 0, "png"))[:4] == b"\x89PNG"
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=30)
+        stop_process(worker)
     # A clean shutdown withdraws the heartbeat instead of waiting for it to expire.
     assert live_workers(client, "tiny-random") == [], log.read_text()

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import redis
 from celery import Celery
 from standardwebhooks import Webhook
 
+from scripts.service_processes import start_process, stop_process
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
 from shared.schemas import EventType, ImageInfo, Job, JobParams, JobStatus, Metrics, WebhookSpec
@@ -219,19 +219,11 @@ def worker(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     cmd = [str(Path(sys.executable).parent / "celery"), "-A", "worker.webhook_worker", "worker",
            "--pool", "threads", "--concurrency", "4", "-Q", "webhooks", "-n", name,
            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    # Own process group, so nothing it starts outlives the tests.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_process(cmd, env, log)
     try:
         yield log
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
