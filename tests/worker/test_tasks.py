@@ -163,20 +163,25 @@ def test_engine_refusal_fails_the_job_with_its_message(runtime, store) -> None:
     assert "model 'not-loaded-here' is not loaded" in done.error.message
 
 
-class CancelAfterFirstProgress(JobStore):
-    """The real store, with a user pressing cancel as soon as progress shows."""
+def runtime_where_user_acts_on_first_progress(
+    runtime: WorkerRuntime, settings: Settings, action: str
+) -> WorkerRuntime:
+    """The real store, with a user calling ``store.<action>(job_id)`` once progress shows."""
 
-    def update_progress(self, job_id: str, step: int, total_steps: int, eta) -> None:
-        super().update_progress(job_id, step, total_steps, eta)
-        self.request_cancel(job_id)
+    class UserActsOnProgress(JobStore):
+        def update_progress(self, job_id: str, step: int, total_steps: int, eta) -> None:
+            super().update_progress(job_id, step, total_steps, eta)
+            getattr(self, action)(job_id)
+
+    store = UserActsOnProgress(runtime.store._redis, settings)
+    return WorkerRuntime(runtime.engine, store, runtime.storage, settings)
 
 
 def test_cancel_while_running_stops_within_a_step(runtime, settings) -> None:
-    store = CancelAfterFirstProgress(runtime.store._redis, settings)
-    runtime = WorkerRuntime(runtime.engine, store, runtime.storage, settings)
-    job = submit(store, steps=30)
+    runtime = runtime_where_user_acts_on_first_progress(runtime, settings, "request_cancel")
+    job = submit(runtime.store, steps=30)
     run_job(job.id, runtime)
-    done = store.get(job.id)
+    done = runtime.store.get(job.id)
     assert done.status is JobStatus.CANCELED
     assert done.progress.step == 1 and done.progress.total_steps == 30
     assert done.images == []
@@ -184,20 +189,11 @@ def test_cancel_while_running_stops_within_a_step(runtime, settings) -> None:
         stored_bytes(runtime, job.id)
 
 
-class DeleteAfterFirstProgress(JobStore):
-    """The real store, with a user deleting the job while it runs."""
-
-    def update_progress(self, job_id: str, step: int, total_steps: int, eta) -> None:
-        super().update_progress(job_id, step, total_steps, eta)
-        self.delete(job_id)
-
-
 def test_a_job_deleted_while_running_leaves_no_images(runtime, settings) -> None:
-    store = DeleteAfterFirstProgress(runtime.store._redis, settings)
-    runtime = WorkerRuntime(runtime.engine, store, runtime.storage, settings)
-    job = submit(store, steps=3)
+    runtime = runtime_where_user_acts_on_first_progress(runtime, settings, "delete")
+    job = submit(runtime.store, steps=3)
     run_job(job.id, runtime)
-    assert store.get(job.id) is None
+    assert runtime.store.get(job.id) is None
     with pytest.raises(KeyError):
         stored_bytes(runtime, job.id)
 
