@@ -9,7 +9,7 @@ VENV_PYTHON := .venv/bin/python
 help:
 	@echo "make run     start Redis, the workers and the API on http://127.0.0.1:$${LATENTD_PORT:-8000}"
 	@echo "make test    run the test suite"
-	@echo "make lint    ruff"
+	@echo "make lint    ruff, and mypy on api/ shared/ worker/"
 	@echo "make bench   service vs direct pipeline: latency, throughput, API requests/s (BENCH_ARGS=...)"
 	@echo "make install create .venv and install the pinned dependencies"
 
@@ -29,6 +29,7 @@ test:
 lint:
 	@scripts/install.sh
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 # Starts its own service on free ports and prints measured ratios (never asserted), e.g.
 # make bench BENCH_ARGS="--model emoji --jobs 5". See bench/README.md.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,14 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.schemas import ErrorBody, ErrorDetail, GenerationRequest
+from shared.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger(__name__)
 
 # Fields whose pydantic length limit is really a size limit: over it is 413, not 422.
 _SIZE_LIMITED_FIELDS = {"init_image", "mask_image"}
-_REQUEST_FIELDS = tuple(GenerationRequest.model_fields)
-_FIELD_WORD = re.compile(r"[a-z_]+")
 
 _CODES_BY_STATUS = {
     400: "bad_request",
@@ -93,19 +90,12 @@ def error_response(
     return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
 
 
-def _field_of(loc: Sequence[Any], message: str) -> str | None:
-    """Dotted location without the leading "body"/"query"/…; model-level errors name a field."""
+def _field_of(loc: Sequence[Any]) -> str | None:
+    """Dotted location without the leading "body"/"query"/…; None for the body itself."""
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
         parts = parts[1:]
-    # GenerationRequest's model validator reports at the body root; its messages start
-    # with the field they are about ("init_image is required for task 'inpaint'").
-    if not parts:
-        for word in _FIELD_WORD.findall(message):
-            if word in _REQUEST_FIELDS:
-                return word
-        return None
-    return ".".join(parts)
+    return ".".join(parts) or None
 
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
@@ -115,7 +105,7 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     first = errors[0]
     kind = first.get("type", "")
     raw_message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    field = _field_of(first.get("loc", ()), raw_message)
+    field = _field_of(first.get("loc", ()))
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
 
     if kind == "json_invalid":

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import get_storage, get_store
 from api.errors import error_response, install_error_handlers
 from api.routes import health, jobs, models
 from api.services.expiry import sweep_forever
+from api.state import build_app_state
 from shared.schemas import MAX_IMAGE_B64_CHARS
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 API_VERSION = "0.1.0"
 # Two base64 images at their limit plus room for every other field.
 MAX_BODY_BYTES = 2 * MAX_IMAGE_B64_CHARS + 1024 * 1024
+
+
+class InvalidConfiguration(RuntimeError):
+    """A ``LATENTD_*`` setting the app cannot start with; the message names it."""
 
 
 class BodySizeLimit:
@@ -56,18 +63,28 @@ class BodySizeLimit:
         return f"request body is larger than {self.max_bytes // (1024 * 1024)} MB"
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Runs the expired-output sweeper for as long as the app serves."""
-    settings = app.dependency_overrides.get(get_settings, get_settings)()
-    sweeper = asyncio.create_task(sweep_forever(get_store(settings), get_storage(settings)))
-    yield
-    sweeper.cancel()
-    with suppress(asyncio.CancelledError):
-        await sweeper
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; its objects are built at startup from ``settings`` (default: the environment)."""
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Built here, not at import: a bad configuration fails the startup, before the
+        # server says it is ready, with the setting named.
+        try:
+            state = build_app_state(settings or get_settings())
+        except ValueError as exc:
+            log.error("latentd: invalid configuration: %s", exc)
+            raise InvalidConfiguration(str(exc)) from None
+        app.state.latentd = state
+        sweeper = asyncio.create_task(sweep_forever(state.store, state.storage))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
+            await state.aclose()
 
-def create_app() -> FastAPI:
     app = FastAPI(
         lifespan=lifespan,
         title="latentd",

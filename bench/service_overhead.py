@@ -28,7 +28,7 @@ from PIL import Image, ImageChops
 
 from scripts.service_processes import running_service
 from shared.model_registry import TINY_RANDOM, ModelRegistry
-from shared.schemas import JobParams
+from shared.schemas import JobPlan
 from shared.settings import Settings
 
 PROMPT = "a red fox in the snow, emoji style"
@@ -43,7 +43,7 @@ class BenchmarkError(RuntimeError):
 
 @dataclass
 class Results:
-    params: JobParams
+    params: JobPlan
     torch_threads: int
     jobs: int
     warmup: int
@@ -72,7 +72,7 @@ class DirectPipeline:
         spec = ModelRegistry.from_settings(settings).get(model)
         self.engine = GenerationEngine({model: load_pipeline(spec, settings)})
 
-    def run(self, params: JobParams) -> tuple[float, Image.Image]:
+    def run(self, params: JobPlan) -> tuple[float, Image.Image]:
         started = time.perf_counter()
         images = self.engine.generate(params)
         return time.perf_counter() - started, images[0].image
@@ -168,7 +168,7 @@ def measure(args: argparse.Namespace, url: str, direct: DirectPipeline) -> Resul
         # normalised the request to (size, guidance, scheduler): the direct path runs those.
         _progress("warming up")
         _, first_job = run_service_job(client, body)
-        params = JobParams.model_validate(first_job["request"])
+        params = JobPlan.model_validate(first_job["request"])
         _, direct_image = direct.run(params)
         png = client.get(f"/v1/jobs/{first_job['id']}/images/0").content
         for _ in range(args.warmup - 1):
@@ -245,7 +245,7 @@ def report(results: Results) -> str:
     api_rate = results.api_requests / results.api_seconds
     job_line = (
         f"latentd service overhead: model {p.model}, {p.task.value} {p.width}x{p.height}, "
-        f"{p.steps} steps ({p.scheduler}), guidance {p.guidance_scale:g}, seed {p.seed}"
+        f"{p.steps} steps ({p.scheduler}), guidance {p.guidance_scale:g}, seed {p.seeds[0]}"
     )
     threads_line = (
         f"  torch threads: {threads} in the direct path and in the worker "

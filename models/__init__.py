@@ -1,0 +1,1 @@
+"""The embedded default model: its weights, pipeline, and the code that trains and scores it."""

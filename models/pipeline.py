@@ -18,11 +18,11 @@ from safetensors.torch import save_file
 
 from models.architecture import make_sampling_scheduler
 from models.text_encoder import load_text_encoder
+from shared.model_registry import EMOJI_GUIDANCE_SCALE
 
 DEFAULT_PIPELINE_DIR = Path(__file__).resolve().parent / "emoji"
-# Classifier-free guidance scale with the best top-5 (and skin-tone-free top-1) in
-# `python -m models.evaluate` on the committed weights; 3.0 ties on top-1.
-RECOMMENDED_GUIDANCE_SCALE = 5.0
+# Measured and named once, with the model's other serving defaults, in the registry.
+RECOMMENDED_GUIDANCE_SCALE = EMOJI_GUIDANCE_SCALE
 
 # model_index.json names the text encoder's classes so the folder documents what it
 # expects, yet ships no text_encoder/ or tokenizer/ folder: loading it without passing

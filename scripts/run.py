@@ -6,7 +6,8 @@ and the API; waits for ``/readyz``; then waits. Ctrl-C or SIGTERM stops everythi
 within 30 s; if any process dies on its own, everything stops and the exit code is non-zero.
 
 Children are stopped in order: API and workers first, Redis last so that in-flight acks and
-the append-only file land (see process_supervisor.py for how each one is stopped).
+the append-only file land (see process_supervisor.py for how each one is stopped). Their
+command lines come from process_commands.py, shared with the test harness and the containers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # scripts/ is on sys.path when this file runs as a script.
+from process_commands import service_commands
 from process_supervisor import ChildDied, Supervisor, log, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -104,22 +106,24 @@ def redis_command(redis_dir: Path, port: int) -> list[str]:
     ]
 
 
-def service_commands(host: str, port: int) -> list[tuple[str, list[str]]]:
-    """The fixed process commands (common brief), run with this virtualenv's Python."""
-    python, tag = sys.executable, os.getpid()
-    return [
-        ("generation worker", [
-            python, "-m", "celery", "-A", "worker.generation_worker", "worker",
-            "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
-            "-n", f"gen-%h-{tag}",
-        ]),
-        ("webhook worker", [
-            python, "-m", "celery", "-A", "worker.webhook_worker", "worker",
-            "--pool", "threads", "--concurrency", "8", "-Q", "webhooks",
-            "-n", f"webhooks-%h-{tag}",
-        ]),
-        ("API", [python, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)]),
-    ]
+def model_configuration_problem(settings) -> str | None:
+    """What is wrong with the model settings, naming the variable; ``None`` when nothing is.
+
+    Checked here, before anything starts, so that a typo fails ``make run`` at once instead
+    of after Redis and the workers have come up.
+    """
+    from shared.model_registry import ModelRegistry
+
+    try:
+        ModelRegistry.from_settings(settings)
+    except ValueError as exc:
+        message = str(exc)
+        if "LATENTD_" in message:  # already names the setting
+            return message
+        if "default model" in message:
+            return f"LATENTD_DEFAULT_MODEL: {message}"
+        return f"LATENTD_MODELS / LATENTD_DEFAULT_MODEL: {message}"
+    return None
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -139,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from shared.settings import get_settings
 
     settings = get_settings()  # exits with a readable message on a bad LATENTD_* value
+    problem = model_configuration_problem(settings)
+    if problem is not None:
+        log(f"invalid configuration: {problem}")
+        return 2
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     if not port_is_free(settings.host, settings.port):
@@ -184,7 +192,9 @@ def _run(settings, data_dir: Path, supervisor: Supervisor, ready_timeout: float,
         env["LATENTD_WEBHOOK_SECRET"] = load_or_create_webhook_secret(secret_file)
         secret_note = f"{env['LATENTD_WEBHOOK_SECRET']} (stored in {secret_file})"
 
-    for name, argv in service_commands(settings.host, settings.port):
+    commands = service_commands(sys.executable, host=settings.host, port=settings.port,
+                                node_tag=str(os.getpid()))
+    for name, argv in commands.items():
         escalation = signal.SIGQUIT if "celery" in argv else None
         supervisor.start(name, argv, cwd=REPO_ROOT, env=env, escalation_signal=escalation)
 

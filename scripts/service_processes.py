@@ -1,6 +1,7 @@
 """The real service as child processes, for integration tests and benchmarks: its own
 redis-server on a free port, the generation and webhook workers as real Celery processes,
-and the API under uvicorn, all stopped when the context exits.
+and the API under uvicorn (the command lines of scripts/process_commands.py, as ``make run``
+starts them), all stopped when the context exits.
 
 Imported as ``scripts.service_processes`` (the repository root is on ``sys.path`` for
 pytest and for ``python -m``).
@@ -23,8 +24,15 @@ from pathlib import Path
 
 import httpx
 
+from scripts.process_commands import (
+    API,
+    GENERATION_APP,
+    GENERATION_WORKER,
+    WEBHOOK_WORKER,
+    service_commands,
+)
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 READY_TIMEOUT_SECONDS = 120
 
 
@@ -65,7 +73,8 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def running_service(
-    workdir: Path, env_overrides: Mapping[str, str] | None = None, node_tag: str = "test"
+    workdir: Path, env_overrides: Mapping[str, str] | None = None, node_tag: str = "test",
+    generation_app: str = GENERATION_APP,
 ) -> Iterator[ServiceProcesses]:
     """Start the service with its files under ``workdir``; yields once ``/readyz`` is 200.
 
@@ -89,45 +98,36 @@ def running_service(
         "PYTHONUNBUFFERED": "1",
         **(env_overrides or {}),
     }
-    procs: list[subprocess.Popen] = []
+    commands = service_commands(
+        sys.executable, host="127.0.0.1", port=api_port, node_tag=node_tag,
+        webhook_concurrency=4, webhook_loglevel="INFO", generation_app=generation_app,
+    )
+    logs = {GENERATION_WORKER: "worker.log", WEBHOOK_WORKER: "webhook-worker.log", API: "api.log"}
+    procs: dict[str, subprocess.Popen] = {}
     try:
-        procs.append(
-            start_process(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                    "--dir", str(workdir), "--save", "", "--appendonly", "no"],
-                   env, workdir / "redis.log"),
+        procs["redis-server"] = start_process(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+             "--dir", str(workdir), "--save", "", "--appendonly", "no"],
+            env, workdir / "redis.log",
         )
         time.sleep(0.3)
-        procs.append(
-            start_process([str(BIN / "celery"), "-A", "worker.generation_worker", "worker", "--pool",
-                    "prefork", "--concurrency", "1", "--loglevel", "INFO",
-                    "-n", f"gen-{node_tag}@%h"],
-                   env, workdir / "worker.log"),
-        )
-        procs.append(
-            start_process([str(BIN / "celery"), "-A", "worker.webhook_worker", "worker", "--pool",
-                    "threads", "--concurrency", "4", "-Q", "webhooks", "--loglevel", "INFO",
-                    "-n", f"webhooks-{node_tag}@%h"],
-                   env, workdir / "webhook-worker.log"),
-        )
-        procs.append(
-            start_process([str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port",
-                    str(api_port)], env, workdir / "api.log"),
-        )
+        for name, argv in commands.items():
+            procs[name] = start_process(argv, env, workdir / logs[name])
         url = f"http://127.0.0.1:{api_port}"
         _wait_until_ready(url, procs, workdir)
         yield ServiceProcesses(url, redis_url, workdir / "data", secret, workdir)
     finally:
-        for proc in reversed(procs):
+        for proc in reversed(procs.values()):
             stop_process(proc)
 
 
-def _wait_until_ready(url: str, procs: list[subprocess.Popen], workdir: Path) -> None:
+def _wait_until_ready(url: str, procs: Mapping[str, subprocess.Popen], workdir: Path) -> None:
     with httpx.Client(base_url=url, timeout=30) as client:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while True:
-            for proc in procs:
+            for name, proc in procs.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args[:3]} exited early; logs in {workdir}")
+                    raise RuntimeError(f"{name} exited early; logs in {workdir}")
             try:
                 if client.get("/readyz").status_code == 200:
                     return

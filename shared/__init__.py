@@ -1,0 +1,1 @@
+"""Code the API and the workers share: settings, schemas, the plan, the job store, storage."""

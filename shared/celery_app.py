@@ -1,6 +1,8 @@
-"""The Celery app both sides share: the API publishes by task name, workers execute.
+"""The Celery configuration both sides share: the API publishes by task name, workers execute.
 
-Only job ids and plain JSON cross the queue (tasks never carry images or tensors).
+Only job ids and plain JSON cross the queue (tasks never carry images or tensors). Each
+process builds its one app with ``make_celery`` in its composition root; tasks are
+declared with ``shared_task`` so that no app exists merely because a module was imported.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.schemas import Priority
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 
 GENERATE_TASK = "latentd.generate"
 DELIVER_WEBHOOK_TASK = "latentd.deliver_webhook"
@@ -41,10 +43,9 @@ def make_celery(settings: Settings) -> Celery:
             "queue_order_strategy": "priority",
         },
         task_default_priority=PRIORITY_LEVELS[Priority.NORMAL],
+        # Retries of a delivery go back to the webhooks queue, whoever publishes them.
+        task_routes={DELIVER_WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE}},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
     return app
-
-
-celery_app = make_celery(get_settings())

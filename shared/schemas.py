@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 MAX_PROMPT_CHARS = 2000
 MAX_METADATA_BYTES = 4096
@@ -65,7 +65,8 @@ class EventType(StrEnum):
 WEBHOOK_EVENTS = (EventType.STARTED, EventType.PROGRESS, EventType.COMPLETED)
 
 # Scheduler names a request may use; the worker maps each to a diffusers class.
-SCHEDULERS = (
+# Noise-prediction samplers (SD 1.x/2.x, SDXL) ...
+NOISE_SCHEDULERS = (
     "ddpm",
     "ddim",
     "pndm",
@@ -77,6 +78,9 @@ SCHEDULERS = (
     "dpmpp_2m_karras",
     "unipc",
 )
+# ... and the flow-matching sampler that SD3 and Flux are trained for.
+FLOW_SCHEDULERS = ("flow_match_euler",)
+SCHEDULERS = NOISE_SCHEDULERS + FLOW_SCHEDULERS
 
 
 class OutpaintMargins(BaseModel):
@@ -107,7 +111,9 @@ class WebhookSpec(BaseModel):
 
 
 class GenerationRequest(BaseModel):
-    """Body of ``POST /v1/jobs``. Model-dependent bounds (sizes) are checked by the service."""
+    """Body of ``POST /v1/jobs``: each field's own bounds. Rules that join fields or
+    depend on the model are ``shared.plan.plan_job``'s, which names the field it refuses.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -124,7 +130,7 @@ class GenerationRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     init_image: str | None = Field(None, max_length=MAX_IMAGE_B64_CHARS)
     mask_image: str | None = Field(None, max_length=MAX_IMAGE_B64_CHARS)
-    strength: float = Field(0.75, gt=0, le=1)
+    strength: float | None = Field(None, gt=0, le=1)
     outpaint: OutpaintMargins | None = None
     output_format: OutputFormat = OutputFormat.PNG
     priority: Priority = Priority.NORMAL
@@ -138,49 +144,44 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"metadata must serialise to at most {MAX_METADATA_BYTES} bytes")
         return metadata
 
-    @model_validator(mode="after")
-    def _inputs_match_task(self) -> GenerationRequest:
-        needs_init = self.task is not Task.TEXT_TO_IMAGE
-        if needs_init and not self.init_image:
-            raise ValueError(f"init_image is required for task '{self.task.value}'")
-        if not needs_init and (self.init_image or self.mask_image):
-            raise ValueError("init_image and mask_image are only used by image tasks")
-        if self.task is Task.INPAINT and not self.mask_image:
-            raise ValueError("mask_image is required for task 'inpaint'")
-        if self.task is Task.OUTPAINT:
-            margins = self.outpaint
-            if margins is None or not (margins.left or margins.right or margins.top or margins.bottom):
-                raise ValueError("outpaint needs at least one non-zero margin")
-        elif self.outpaint is not None:
-            raise ValueError("outpaint margins are only used by task 'outpaint'")
-        return self
+
+class PlanWarning(BaseModel):
+    """Something the service changed in a request so that it runs (the job says so)."""
+
+    field: str
+    message: str
 
 
-class JobParams(BaseModel):
-    """The normalised request stored on a job: defaults filled, every seed resolved.
+class JobPlan(BaseModel):
+    """A request resolved against its model: what the worker runs, exactly.
 
-    Input images are stored once in storage (keys below), never on the job itself.
+    Built once, at submit, by ``shared.plan.plan_job``; the job record stores it, the
+    engine runs it, and the PNG metadata and the job response repeat it. Every value is
+    the one used: defaults filled, every seed drawn, and a negative prompt, scheduler
+    or strength the model would not honour already replaced (with a warning).
     """
 
     task: Task
     model: str
     prompt: str
+    # None when there is none, or when the model/guidance could not use it.
     negative_prompt: str | None
+    # Size of every output image; for outpaint the whole canvas (init image + margins).
     width: int
     height: int
     num_images: int
     steps: int
     guidance_scale: float
     scheduler: str
-    seed: int
     seeds: list[int]
-    strength: float
+    # Denoising strength of image tasks (outpaint always re-noises fully: 1.0);
+    # None for text-to-image, which starts from pure noise.
+    strength: float | None
     outpaint: OutpaintMargins | None
     output_format: OutputFormat
     priority: Priority
     webhook: WebhookSpec | None
-    init_image_key: str | None = None
-    mask_image_key: str | None = None
+
 
 
 class Progress(BaseModel):
@@ -189,17 +190,27 @@ class Progress(BaseModel):
     eta_seconds: float | None = None
 
 
-class ImageInfo(BaseModel):
-    index: int
-    url: str
-    seed: int
-    width: int
-    height: int
-    content_type: str
+class ErrorCode(StrEnum):
+    """Why a job ended without images (``error.code`` of a failed or canceled job).
+
+    - ``canceled``: canceled by its owner (or deleted while it ran);
+    - ``timeout``: ran past LATENTD_TASK_SOFT_TIME_LIMIT and was stopped;
+    - ``worker_lost``: started LATENTD_TASK_MAX_ATTEMPTS times and no worker finished it;
+    - ``generation_failed``: the pipeline raised an error while running the job;
+    - ``model_unavailable``: the worker that took the job could not load its model;
+    - ``enqueue_failed``: the job was stored but its task could not be queued.
+    """
+
+    CANCELED = "canceled"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+    GENERATION_FAILED = "generation_failed"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    ENQUEUE_FAILED = "enqueue_failed"
 
 
 class JobError(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
 
 
@@ -222,11 +233,21 @@ class WebhookAttempt(BaseModel):
     delivered: bool
 
 
+class ImageInfo(BaseModel):
+    """An output image as the API shows it: where to fetch it and how it was made."""
+
+    index: int
+    url: str
+    seed: int
+    width: int
+    height: int
+    content_type: str
+
+
 class Job(BaseModel):
-    """A job as the API returns it and webhooks carry it."""
+    """A job as the API returns it and webhooks carry it (no storage keys, no internals)."""
 
     id: str
-    owner: str
     status: JobStatus
     created_at: datetime
     started_at: datetime | None = None
@@ -234,7 +255,8 @@ class Job(BaseModel):
     updated_at: datetime
     progress: Progress = Field(default_factory=Progress)
     queue_position: int | None = None
-    request: JobParams
+    request: JobPlan
+    warnings: list[PlanWarning] = Field(default_factory=list)
     images: list[ImageInfo] = Field(default_factory=list)
     error: JobError | None = None
     metrics: Metrics = Field(default_factory=Metrics)
@@ -246,16 +268,6 @@ class Job(BaseModel):
 class JobPage(BaseModel):
     jobs: list[Job]
     next_cursor: str | None = None
-
-
-class JobEvent(BaseModel):
-    """What the job store publishes on a job's channel at each change."""
-
-    type: EventType
-    job_id: str
-    status: JobStatus
-    progress: Progress | None = None
-    at: datetime
 
 
 class ErrorDetail(BaseModel):
@@ -282,4 +294,5 @@ class ModelInfo(BaseModel):
     default_guidance_scale: float
     default_scheduler: str
     schedulers: list[str]
+    guidance: str
     description: str = ""

@@ -10,8 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# The embedded emoji model (models/emoji) works offline on a CPU with no download.
-DEFAULT_MODEL = "emoji"
+from shared.model_registry import DEFAULT_MODEL
 
 
 class Settings(BaseSettings):
@@ -89,14 +88,40 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    """Settings for this process; exits with a readable message on a bad value."""
+    """Settings for this process; exits with a readable message on a bad value.
+
+    One stderr line per problem, each naming the variable:
+    ``latentd: invalid configuration: LATENTD_PORT: Input should be a valid integer ...``.
+    """
+    import json
+    import re
+
+    from pydantic_settings import SettingsError
+
+    prefix = Settings.model_config.get("env_prefix", "")
     try:
         return Settings()
     except ValidationError as exc:
-        lines = [f"latentd: invalid configuration ({exc.error_count()} error(s)):"]
+        problems = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "settings"
-            name = f"LATENTD_{where.upper()}" if err["loc"] else where
-            lines.append(f"  {name}: {err['msg']}")
-        print("\n".join(lines), file=sys.stderr)
-        raise SystemExit(2) from None
+            if not err["loc"]:  # a model validator: its message names the variables
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            name = f"{prefix}{str(err['loc'][0]).upper()}"
+            within = ".".join(str(part) for part in err["loc"][1:])
+            problems.append(f"{name}: {within}: {err['msg']}" if within else
+                            f"{name}: {err['msg']}")
+    except SettingsError as exc:
+        # Raised before validation, for the first variable that cannot be decoded at all
+        # (invalid JSON in a dict or list setting), with the decoder's error as its cause.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"{prefix}{field.group(1).upper()}" if field else "settings"
+        cause = exc.__cause__
+        if isinstance(cause, json.JSONDecodeError):
+            detail = f"not valid JSON ({cause})"
+        else:
+            detail = str(cause or exc)
+        problems = [f"{name}: {detail}"]
+    print("\n".join(f"latentd: invalid configuration: {problem}" for problem in problems),
+          file=sys.stderr)
+    raise SystemExit(2)

@@ -20,8 +20,9 @@ import redis
 from celery import Celery
 from standardwebhooks import Webhook
 
-from shared.celery_app import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, celery_app
-from shared.schemas import EventType, Job
+from shared.celery_app import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE
+from shared.records import JobRecord, public_job
+from shared.schemas import EventType
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )
 
 
-def event_id(job: Job, event_type: EventType) -> str:
+def event_id(job: JobRecord, event_type: EventType) -> str:
     """Deterministic id, so receivers can de-duplicate: one ``completed`` id per job, ever."""
     if event_type is EventType.COMPLETED:
         return f"evt_{job.id}_completed"
@@ -113,9 +114,10 @@ def event_id(job: Job, event_type: EventType) -> str:
     raise ValueError(f"event type '{event_type}' is not sent as a webhook")
 
 
-def build_event(job: Job, event_type: EventType) -> dict[str, Any]:
-    """The Standard Webhooks body for this job event: ``{"type", "timestamp", "data"}``."""
-    data = job.model_dump(mode="json")
+def build_event(job: JobRecord, event_type: EventType) -> dict[str, Any]:
+    """The Standard Webhooks body for this job event: ``{"type", "timestamp", "data"}``;
+    ``data`` is the public job, as ``GET /v1/jobs/{id}`` shows it."""
+    data = public_job(job).model_dump(mode="json")
     return {
         "type": EVENT_TYPE_NAMES[event_type],
         # The time the job changed, not the time of sending: stable across retries.
@@ -134,13 +136,13 @@ def sign(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, 
     }
 
 
-def wants_event(job: Job, event_type: EventType) -> bool:
+def wants_event(job: JobRecord, event_type: EventType) -> bool:
     """True if the job asked for a webhook on this event."""
     spec = job.request.webhook
     return spec is not None and event_type in spec.events
 
 
-def enqueue_webhook(job: Job, event_type: EventType, app: Celery = celery_app) -> bool:
+def enqueue_webhook(job: JobRecord, event_type: EventType, app: Celery) -> bool:
     """Publish a delivery task if the job's webhook asks for this event; True if published."""
     spec = job.request.webhook
     if spec is None or event_type not in spec.events:
@@ -159,11 +161,11 @@ def enqueue_webhook(job: Job, event_type: EventType, app: Celery = celery_app) -
 class WebhookPublisher:
     """The job store's ``on_event`` callback: enqueues webhooks, throttling progress per job."""
 
-    def __init__(self, client: redis.Redis, app: Celery = celery_app) -> None:
+    def __init__(self, client: redis.Redis, app: Celery) -> None:
         self.client = client
         self.app = app
 
-    def __call__(self, job: Job, event_type: EventType) -> None:
+    def __call__(self, job: JobRecord, event_type: EventType) -> None:
         if not wants_event(job, event_type):
             return
         if event_type is EventType.PROGRESS and not self._take_progress_slot(job.id):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
+
+from celery import Celery
+
+from shared.celery_app import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE
 
 
 @dataclass(frozen=True)
@@ -128,3 +133,28 @@ class WebhookReceiver:
                 pass  # keep test output quiet
 
         return Handler
+
+
+# A marker's countdown: later than any retry of the suites' schedules (base 0.2-0.3 s, so
+# the waits before attempts 2 and 3 are at most 0.6 s and 1.2 s).
+MARKER_COUNTDOWN_SECONDS = 1.5
+MARKER_PREFIX = "evt_marker_"
+
+
+def wait_past_any_retry(app: Celery, receiver: WebhookReceiver, job_id: str, path: str) -> None:
+    """Have the webhook worker deliver a marker event to ``path`` later than any retry
+    still due, and wait for it: once it has arrived, a retry that was coming has come."""
+    marker = MARKER_PREFIX + secrets.token_hex(4)
+    app.send_task(DELIVER_WEBHOOK_TASK, args=[job_id, marker, "completed", receiver.url(path),
+                                              "{}"],
+                  queue=WEBHOOK_QUEUE, countdown=MARKER_COUNTDOWN_SECONDS)
+    deadline = time.monotonic() + 30
+    while not any(r.headers.get("webhook-id") == marker for r in receiver.requests(path)):
+        assert time.monotonic() < deadline, "the marker event never arrived"
+        time.sleep(0.05)
+
+
+def sent_before_marker(receiver: WebhookReceiver, path: str) -> list:
+    """The requests to ``path`` other than markers."""
+    return [r for r in receiver.requests(path)
+            if not r.headers.get("webhook-id", "").startswith(MARKER_PREFIX)]

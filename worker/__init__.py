@@ -1,0 +1,1 @@
+"""The Celery worker processes: thin tasks over the generation engine and webhook delivery."""

@@ -1,7 +1,9 @@
-"""The generation engine: one job's parameters in, images with their seeds out.
+"""The generation engine: one job's plan in, images with their seeds out.
 
-Reads like a diffusers pipeline: ``check_inputs`` rejects what cannot run, then numbered
-steps. Progress and cancellation go through ``callback_on_step_end``.
+Reads like a diffusers pipeline: ``check_inputs`` rejects what only a worker can know
+cannot run (the request itself was planned and checked at submit, ``shared.plan``), then
+numbered steps that run exactly what the plan says. Progress and cancellation go through
+``callback_on_step_end``.
 """
 
 from __future__ import annotations
@@ -16,17 +18,13 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from shared.schemas import SCHEDULERS, JobParams, Task
+from shared.schemas import JobPlan, Task
 from worker.images import outpaint_canvas
 from worker.pipelines import LoadedModel
 from worker.schedulers import make_scheduler
 
 # on_step(step, total_steps) -> True to stop the run (the job's cancel flag is set).
 OnStep = Callable[[int, int], bool]
-
-# Outpainting starts the new area from stretched edge pixels, which should not survive:
-# the masked area is fully re-noised whatever strength the request carries.
-OUTPAINT_STRENGTH = 1.0
 
 _IMAGE_TASKS = (Task.IMAGE_TO_IMAGE, Task.INPAINT, Task.OUTPAINT)
 
@@ -82,82 +80,74 @@ class GenerationEngine:
         self._lock = threading.Lock()
 
     def check_inputs(
-        self, params: JobParams, init_image: Image.Image | None, mask_image: Image.Image | None
+        self, plan: JobPlan, init_image: Image.Image | None, mask_image: Image.Image | None
     ) -> None:
-        """Raise ``ValueError`` naming the argument for anything this engine cannot run."""
-        model = self.models.get(params.model)
+        """Raise ``ValueError`` naming the argument for what this worker cannot run."""
+        model = self.models.get(plan.model)
         if model is None:
             served = ", ".join(sorted(self.models)) or "none"
-            raise ValueError(f"model '{params.model}' is not loaded here (serving: {served})")
-        if model.pipeline_for(params.task) is None:
-            raise ValueError(f"task '{params.task.value}' is not supported by model '{params.model}'")
-        if params.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}")
-        for name in ("width", "height"):
-            value = getattr(params, name)
-            if value < 8 or value % 8:
-                raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
-        if params.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {params.steps}")
-        if params.num_images < 1 or len(params.seeds) != params.num_images:
+            raise ValueError(f"model '{plan.model}' is not loaded here (serving: {served})")
+        pipe = model.pipeline_for(plan.task)
+        if pipe is None:
+            raise ValueError(f"task '{plan.task.value}' is not supported by model '{plan.model}'")
+        # The plan drops negative prompts for models registered without classifier-free
+        # guidance; a pipeline that has no such parameter means the registration is wrong.
+        if plan.negative_prompt is not None and not _takes(pipe, "negative_prompt"):
             raise ValueError(
-                f"seeds must hold one seed per image ({params.num_images}), got {len(params.seeds)}"
+                f"negative_prompt: model '{plan.model}' ({type(pipe).__name__}) takes none; "
+                "register it with \"guidance\": \"distilled\" in LATENTD_MODELS"
             )
-        if params.task in _IMAGE_TASKS and init_image is None:
-            raise ValueError(f"init_image is required for task '{params.task.value}'")
-        if params.task is Task.INPAINT and mask_image is None:
-            raise ValueError("mask_image is required for task 'inpaint'")
-        partial_denoise = params.task in (Task.IMAGE_TO_IMAGE, Task.INPAINT)
-        if partial_denoise and int(params.steps * params.strength) < 1:
-            raise ValueError(
-                f"strength {params.strength} leaves no denoising steps out of {params.steps}"
-            )
-        if params.task is Task.OUTPAINT:
-            margins = params.outpaint
-            if margins is None or not any((margins.left, margins.right, margins.top, margins.bottom)):
-                raise ValueError("outpaint needs at least one non-zero margin")
-            if params.width <= margins.left + margins.right or params.height <= (
-                margins.top + margins.bottom
-            ):
-                raise ValueError("outpaint margins must leave room for the init image in width/height")
+        expected = _input_size(plan)
+        for name, image in (("init_image", init_image), ("mask_image", mask_image)):
+            needed = plan.task in _IMAGE_TASKS if name == "init_image" else (
+                plan.task is Task.INPAINT)
+            if needed and image is None:
+                raise ValueError(f"{name} is required for task '{plan.task.value}'")
+            if image is not None and image.size != expected:
+                raise ValueError(
+                    f"{name} is {image.size[0]}x{image.size[1]}, the plan says "
+                    f"{expected[0]}x{expected[1]}"
+                )
 
     def generate(
         self,
-        params: JobParams,
+        plan: JobPlan,
         init_image: Image.Image | None = None,
         mask_image: Image.Image | None = None,
         on_step: OnStep | None = None,
     ) -> list[GeneratedImage]:
-        """Run one job; raises ``GenerationCanceled`` if ``on_step`` asked to stop."""
+        """Run one job's plan; raises ``GenerationCanceled`` if ``on_step`` asked to stop."""
         # 1. Check inputs
-        self.check_inputs(params, init_image, mask_image)
-        model = self.models[params.model]
-        pipe = model.pipeline_for(params.task)
+        self.check_inputs(plan, init_image, mask_image)
+        model = self.models[plan.model]
+        pipe = model.pipeline_for(plan.task)
         assert pipe is not None  # check_inputs guarantees it
+        scheduler = make_scheduler(plan.scheduler, model.scheduler_config)
 
-        # 2. Prepare the task's images (sized to the output)
-        task_kwargs = self._task_inputs(params, init_image, mask_image)
+        # 2. The task's images, already at the plan's size (sized once, at submit)
+        task_kwargs = _task_inputs(plan, init_image, mask_image)
 
         # 3. One generator per image: image i depends on seeds[i] alone, so a job re-run
         #    or a single image re-requested with its seed comes out the same.
-        generators = [torch.Generator(model.device).manual_seed(seed) for seed in params.seeds]
+        generators = [torch.Generator(model.device).manual_seed(seed) for seed in plan.seeds]
 
         # 4. Denoise with a fresh scheduler, reporting progress and honouring cancellation
-        callback = _StepCallback(on_step or _never_cancel, fallback_total=params.steps)
-        call_kwargs = {
-            "prompt": params.prompt,
-            "negative_prompt": params.negative_prompt,
-            "num_inference_steps": params.steps,
-            "guidance_scale": params.guidance_scale,
-            "num_images_per_prompt": params.num_images,
+        callback = _StepCallback(on_step or _never_cancel, fallback_total=plan.steps)
+        call_kwargs: dict[str, Any] = {
+            "prompt": plan.prompt,
+            "num_inference_steps": plan.steps,
+            "guidance_scale": plan.guidance_scale,
+            "num_images_per_prompt": plan.num_images,
             "generator": generators,
             "callback_on_step_end": callback,
             "output_type": "pil",
             **task_kwargs,
         }
+        if plan.negative_prompt is not None:
+            call_kwargs["negative_prompt"] = plan.negative_prompt
         with self._lock:
-            pipe.scheduler = make_scheduler(params.scheduler, model.scheduler_config)
-            output = pipe(**_accepted_kwargs(pipe, call_kwargs))
+            pipe.scheduler = scheduler
+            output = pipe(**call_kwargs)
 
         # 5. Stop here if the job was canceled mid-run (the partial images are dropped)
         if callback.canceled_at is not None:
@@ -166,46 +156,42 @@ class GenerationEngine:
         # 6. Pair each image with its seed
         return [
             GeneratedImage(image=image, seed=seed)
-            for image, seed in zip(output.images, params.seeds, strict=True)
+            for image, seed in zip(output.images, plan.seeds, strict=True)
         ]
 
-    def _task_inputs(
-        self, params: JobParams, init_image: Image.Image | None, mask_image: Image.Image | None
-    ) -> dict[str, Any]:
-        size = (params.width, params.height)
-        if params.task is Task.TEXT_TO_IMAGE:
-            return {"width": params.width, "height": params.height}
-        assert init_image is not None
-        if params.task is Task.IMAGE_TO_IMAGE:
-            return {"image": _fit(init_image.convert("RGB"), size), "strength": params.strength}
-        if params.task is Task.INPAINT:
-            assert mask_image is not None
-            return {
-                "image": _fit(init_image.convert("RGB"), size),
-                # Nearest keeps the mask's edge hard; white = repaint.
-                "mask_image": mask_image.convert("L").resize(size, Image.Resampling.NEAREST),
-                "width": params.width,
-                "height": params.height,
-                "strength": params.strength,
-            }
-        assert params.outpaint is not None
-        canvas, mask = outpaint_canvas(init_image.convert("RGB"), params.outpaint, size)
-        return {
-            "image": canvas,
-            "mask_image": mask,
-            "width": params.width,
-            "height": params.height,
-            "strength": OUTPAINT_STRENGTH,
-        }
+
+def _input_size(plan: JobPlan) -> tuple[int, int]:
+    """The size the plan's input images were stored at (outpaint: inside the margins)."""
+    if plan.task is Task.OUTPAINT:
+        assert plan.outpaint is not None
+        margins = plan.outpaint
+        return (plan.width - margins.left - margins.right,
+                plan.height - margins.top - margins.bottom)
+    return plan.width, plan.height
 
 
-def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+def _task_inputs(
+    plan: JobPlan, init_image: Image.Image | None, mask_image: Image.Image | None
+) -> dict[str, Any]:
+    if plan.task is Task.TEXT_TO_IMAGE:
+        return {"width": plan.width, "height": plan.height}
+    assert init_image is not None and plan.strength is not None
+    if plan.task is Task.IMAGE_TO_IMAGE:
+        return {"image": init_image, "strength": plan.strength}
+    if plan.task is Task.INPAINT:
+        assert mask_image is not None
+        image, mask = init_image, mask_image  # white = repaint
+    else:
+        assert plan.outpaint is not None
+        image, mask = outpaint_canvas(init_image, plan.outpaint)
+    return {
+        "image": image,
+        "mask_image": mask,
+        "width": plan.width,
+        "height": plan.height,
+        "strength": plan.strength,
+    }
 
 
-def _accepted_kwargs(pipe: DiffusionPipeline, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Drop a negative prompt the pipeline has no parameter for (e.g. guidance-distilled
-    models) instead of failing the job; everything else every supported pipeline takes."""
-    if "negative_prompt" not in inspect.signature(pipe.__call__).parameters:
-        kwargs = {key: value for key, value in kwargs.items() if key != "negative_prompt"}
-    return kwargs
+def _takes(pipe: DiffusionPipeline, parameter: str) -> bool:
+    return parameter in inspect.signature(pipe.__call__).parameters

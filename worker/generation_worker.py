@@ -1,8 +1,11 @@
-"""Generation worker entry point: ``celery -A worker.generation_worker worker --pool prefork``.
+"""Generation worker entry point and composition root:
+``celery -A worker.generation_worker worker --pool prefork``.
 
-The parent process only configures queues; each forked child loads its models once at
-``worker_process_init`` (weights and CUDA never exist before the fork), then announces
-itself with a heartbeat so the API's /readyz can tell a model is served.
+The parent process only reads the settings, checks the model registry and configures
+queues (torch is imported, but no weights are loaded and CUDA is never touched); each
+forked child builds its runtime once at ``worker_process_init`` (store, storage, then the
+weights), then announces itself with a heartbeat so the API's /readyz can tell a model
+is served.
 """
 
 from __future__ import annotations
@@ -13,24 +16,28 @@ import redis
 from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
-from shared.celery_app import celery_app
+from shared.celery_app import make_celery
+from shared.jobstore import JobStore
 from shared.model_registry import ModelRegistry, queue_for_model
 from shared.settings import get_settings
-from worker import tasks  # importing registers the generation task
+from shared.storage import get_storage
+from shared.webhooks import WebhookPublisher
+from worker import tasks  # registers the generation task
+from worker.engine import GenerationEngine
 from worker.heartbeat import Heartbeat
-from worker.pipelines import configure_torch
+from worker.pipelines import configure_torch, load_pipeline
 
 logger = logging.getLogger(__name__)
 
-app = celery_app
 settings = get_settings()
+try:
+    # In the parent, before forking: a typo in LATENTD_WORKER_MODELS or LATENTD_MODELS
+    # stops the worker instead of leaving it consuming nothing.
+    registry = ModelRegistry.from_settings(settings)
+except ValueError as exc:
+    raise SystemExit(f"latentd: invalid configuration: {exc}") from None
 
-# Fail in the parent, before forking, if a served model is not registered: a typo in
-# LATENTD_WORKER_MODELS should stop the worker, not leave it consuming nothing.
-_registry = ModelRegistry.from_settings(settings)
-for _name in settings.served_models:
-    _registry.get(_name)
-
+app = make_celery(settings)
 # The same exchange/routing key Celery gives a queue the API names at publish time, so
 # both sides declare one identical binding.
 app.conf.task_queues = [
@@ -41,20 +48,31 @@ app.conf.task_queues = [
 _heartbeat: Heartbeat | None = None
 
 
-@worker_process_init.connect
-def load_models(**_: object) -> None:
-    """In the forked child: load every served model once and start the heartbeat."""
-    global _heartbeat
+def build_runtime() -> tasks.WorkerRuntime:
+    """Connect the store and storage, then load every served model once (slow: weights)."""
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    store = JobStore(client, settings, on_event=WebhookPublisher(client, app))
+    storage = get_storage(settings)
     configure_torch(settings)
     try:
-        runtime = tasks.build_runtime(settings)
+        models = {name: load_pipeline(registry.get(name), settings)
+                  for name in settings.served_models}
     except Exception as exc:
         # No heartbeat: /readyz reports the model unserved, and any task this process
         # still receives fails its job with this reason instead of hanging.
         logger.exception("could not load models %s", settings.served_models)
-        tasks.install_runtime(None, exc)
-        return
+        return tasks.WorkerRuntime(store, storage, settings, engine=None, load_error=str(exc))
+    return tasks.WorkerRuntime(store, storage, settings, engine=GenerationEngine(models))
+
+
+@worker_process_init.connect
+def start_process(**_: object) -> None:
+    """In the forked child: build the runtime and, if the models loaded, start beating."""
+    global _heartbeat
+    runtime = build_runtime()
     tasks.install_runtime(runtime)
+    if runtime.engine is None:
+        return
     _heartbeat = Heartbeat(redis.Redis.from_url(settings.redis_url), settings.served_models)
     _heartbeat.start()
     logger.info("serving %s as %s", ", ".join(settings.served_models), _heartbeat.worker)

@@ -9,7 +9,7 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter, PngImagePlugin
 
-from shared.schemas import JobParams, OutpaintMargins, OutputFormat, Task
+from shared.schemas import JobPlan, OutpaintMargins, OutputFormat
 from worker.schedulers import A1111_SAMPLER_NAMES
 
 JPEG_QUALITY = 95
@@ -27,17 +27,15 @@ def decode_image(data: bytes, mode: str = "RGB") -> Image.Image:
 
 
 def outpaint_canvas(
-    image: Image.Image, margins: OutpaintMargins, size: tuple[int, int]
+    image: Image.Image, margins: OutpaintMargins
 ) -> tuple[Image.Image, Image.Image]:
-    """The init image padded by ``margins`` to ``size``, and a mask that is white on the
-    new area (to be painted) and black over the original.
+    """The init image padded by ``margins``, and a mask that is white on the new area
+    (to be painted) and black over the original.
 
     The new area starts as the image's edge pixels stretched outwards and blurred.
     """
-    width, height = size
-    inner = (width - margins.left - margins.right, height - margins.top - margins.bottom)
-    if image.size != inner:
-        image = image.resize(inner, Image.Resampling.LANCZOS)
+    inner = image.size
+    size = (inner[0] + margins.left + margins.right, inner[1] + margins.top + margins.bottom)
     pixels = np.asarray(image.convert("RGB"))
     padded = np.pad(
         pixels,
@@ -52,21 +50,24 @@ def outpaint_canvas(
     return Image.composite(blurred, canvas, mask), mask
 
 
-def parameters_text(params: JobParams, seed: int) -> str:
-    """The generation parameters in AUTOMATIC1111's format, which many tools read back."""
-    lines = [params.prompt]
-    if params.negative_prompt:
-        lines.append(f"Negative prompt: {params.negative_prompt}")
+def parameters_text(plan: JobPlan, seed: int) -> str:
+    """What ran, in AUTOMATIC1111's ``parameters`` format, which many tools read back.
+
+    Every value comes from the plan, which is what the engine ran (and what the job shows).
+    """
+    lines = [plan.prompt]
+    if plan.negative_prompt:
+        lines.append(f"Negative prompt: {plan.negative_prompt}")
     fields = [
-        f"Steps: {params.steps}",
-        f"Sampler: {A1111_SAMPLER_NAMES.get(params.scheduler, params.scheduler)}",
-        f"CFG scale: {params.guidance_scale}",
+        f"Steps: {plan.steps}",
+        f"Sampler: {A1111_SAMPLER_NAMES[plan.scheduler]}",
+        f"CFG scale: {plan.guidance_scale}",
         f"Seed: {seed}",
-        f"Size: {params.width}x{params.height}",
-        f"Model: {params.model}",
+        f"Size: {plan.width}x{plan.height}",
+        f"Model: {plan.model}",
     ]
-    if params.task in (Task.IMAGE_TO_IMAGE, Task.INPAINT):
-        fields.append(f"Denoising strength: {params.strength}")
+    if plan.strength is not None:
+        fields.append(f"Denoising strength: {plan.strength}")
     lines.append(", ".join(fields))
     return "\n".join(lines)
 

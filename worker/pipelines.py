@@ -24,13 +24,12 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from shared.model_registry import EMBEDDED_PREFIX, TINY_RANDOM, ModelSpec
+from shared.model_registry import EMBEDDED_PREFIX, EMOJI, TINY_RANDOM, ModelSpec
 from shared.schemas import Task
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-EMOJI = "emoji"
 TINY_RANDOM_SEED = 0
 # CLIP's context length: prompts are truncated to it, like Stable Diffusion's.
 TINY_MAX_TOKENS = 77
@@ -102,7 +101,7 @@ def load_pipeline(spec: ModelSpec, settings: Settings) -> LoadedModel:
 
 
 def _derive(
-    auto_class: type, pipe: DiffusionPipeline, spec: ModelSpec, task: Task
+    auto_class: Any, pipe: DiffusionPipeline, spec: ModelSpec, task: Task
 ) -> DiffusionPipeline | None:
     """The ``task`` variant of ``pipe`` on the same modules, or None if diffusers has none."""
     wanted = task in spec.tasks or (task is Task.INPAINT and Task.OUTPAINT in spec.tasks)
@@ -147,7 +146,7 @@ def _load_emoji(dtype: torch.dtype) -> DiffusionPipeline:
     except ImportError as exc:
         raise ModelLoadError(f"the embedded emoji model is not available: {exc}") from exc
     accepted = inspect.signature(load_emoji_pipeline).parameters
-    kwargs = {key: dtype for key in ("dtype", "torch_dtype") if key in accepted}
+    kwargs: dict[str, Any] = {key: dtype for key in ("dtype", "torch_dtype") if key in accepted}
     try:
         pipe = load_emoji_pipeline(**kwargs)
     except OSError as exc:  # weights not trained/shipped yet, or a pinned file mismatch

@@ -18,6 +18,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
@@ -25,7 +26,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from shared.schemas import SCHEDULERS
+from shared.schemas import FLOW_SCHEDULERS, SCHEDULERS
 
 
 class KarrasSafeDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
@@ -35,6 +36,10 @@ class KarrasSafeDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
     map to the same integer timestep, and the solver's step index then runs off the end
     of its sigma table (diffusers issue #12771). Keeping one step per timestep avoids it.
     """
+
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+    num_inference_steps: int
 
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         super().set_timesteps(*args, **kwargs)
@@ -54,6 +59,8 @@ class StableEulerAncestralDiscreteScheduler(EulerAncestralDiscreteScheduler):
     sigma_to² - sigma_up² rounds below zero there and the first step turns the latents
     into NaN (a black image). The latents themselves keep their own dtype.
     """
+
+    sigmas: torch.Tensor
 
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         super().set_timesteps(*args, **kwargs)
@@ -79,6 +86,7 @@ _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
     ),
     "unipc": (UniPCMultistepScheduler, {"use_karras_sigmas": False}),
+    "flow_match_euler": (FlowMatchEulerDiscreteScheduler, {}),
 }
 
 # The names AUTOMATIC1111 writes in its "parameters" text, so tools that read A1111
@@ -94,6 +102,7 @@ A1111_SAMPLER_NAMES = {
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_karras": "DPM++ 2M Karras",
     "unipc": "UniPC",
+    "flow_match_euler": "Euler FlowMatch",
 }
 
 assert set(_SCHEDULERS) == set(SCHEDULERS) == set(A1111_SAMPLER_NAMES), "scheduler table drift"
@@ -107,12 +116,21 @@ def is_flow_matching(base_config: Mapping[str, Any]) -> bool:
 def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
     """A new scheduler ``name`` configured from the model's original scheduler config.
 
-    Flow-matching models keep their own scheduler class whatever the name: the
-    noise-prediction samplers above would produce noise from a velocity model.
+    A sampler of the other family than the model's is refused, never swapped silently:
+    noise-prediction samplers make noise from a velocity model, and the other way round.
+    (The plan refuses it at submit for models whose spec says so; this catches a spec
+    that does not match the loaded weights.)
     """
     if name not in _SCHEDULERS:
         raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {name!r}")
-    if is_flow_matching(base_config):
+    if is_flow_matching(base_config) != (name in FLOW_SCHEDULERS):
+        kind = "flow-matching" if is_flow_matching(base_config) else "noise-prediction"
+        raise ValueError(
+            f"scheduler '{name}' cannot drive this {kind} model; register the model with "
+            "\"schedulers\" of its family in LATENTD_MODELS"
+        )
+    if name in FLOW_SCHEDULERS:
+        # The model's own flow-matching class and settings (shift, dynamic shifting).
         from diffusers import schedulers
 
         own_class = getattr(schedulers, str(base_config["_class_name"]))

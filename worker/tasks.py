@@ -7,20 +7,20 @@ bytes, and the job store accepts only one terminal transition.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
-from shared.celery_app import GENERATE_TASK, celery_app
+from shared.celery_app import GENERATE_TASK
 from shared.jobstore import JobStore
-from shared.model_registry import ModelRegistry
-from shared.schemas import ImageInfo, Job, JobParams, Metrics
-from shared.settings import Settings, get_settings
-from shared.storage import Storage, get_storage, image_key, job_prefix
+from shared.records import JobInputs, JobRecord, OutputImage
+from shared.schemas import ErrorCode, JobPlan, Metrics
+from shared.settings import Settings
+from shared.storage import Storage, image_key, job_prefix
 from worker.engine import GeneratedImage, GenerationCanceled, GenerationEngine
 from worker.images import decode_image, encode_image, parameters_text
 
@@ -33,73 +33,52 @@ PROGRESS_INTERVAL_SECONDS = 0.25
 
 @dataclass
 class WorkerRuntime:
-    """What a generation worker process holds for its lifetime."""
+    """What a generation worker process holds for its lifetime.
 
-    engine: GenerationEngine
+    ``engine`` is None when the models failed to load; ``load_error`` then says why, and
+    every job this process receives fails with ``model_unavailable``.
+    """
+
     store: JobStore
     storage: Storage
     settings: Settings
+    engine: GenerationEngine | None
+    load_error: str | None = None
 
 
 _runtime: WorkerRuntime | None = None
-_runtime_error: BaseException | None = None
-_runtime_lock = threading.Lock()
 
 
-def build_runtime(settings: Settings) -> WorkerRuntime:
-    """Load every model this worker serves (slow: weights) and connect the store."""
-    from worker.pipelines import load_pipeline  # torch-heavy; only worker processes need it
-
-    registry = ModelRegistry.from_settings(settings)
-    models = {name: load_pipeline(registry.get(name), settings) for name in settings.served_models}
-    return WorkerRuntime(
-        engine=GenerationEngine(models),
-        store=JobStore.from_settings(settings),
-        storage=get_storage(settings),
-        settings=settings,
-    )
-
-
-def install_runtime(runtime: WorkerRuntime | None, error: BaseException | None = None) -> None:
-    """Set this process's runtime (or the reason it has none) once its models are loaded."""
-    global _runtime, _runtime_error
-    _runtime, _runtime_error = runtime, error
+def install_runtime(runtime: WorkerRuntime) -> None:
+    """Set this process's runtime (worker/generation_worker.py, at process start)."""
+    global _runtime
+    _runtime = runtime
 
 
 def current_runtime() -> WorkerRuntime:
-    """This process's runtime; built here on first use where no process-init hook ran
-    (solo/threads pools). A load that failed once is not retried per task."""
-    with _runtime_lock:
-        if _runtime is None and _runtime_error is None:
-            try:
-                install_runtime(build_runtime(get_settings()))
-            except Exception as exc:
-                install_runtime(None, exc)
-                raise
-        if _runtime_error is not None:
-            raise RuntimeError(f"this worker could not load its models: {_runtime_error}")
-        assert _runtime is not None
-        return _runtime
+    if _runtime is None:
+        raise RuntimeError(
+            "no worker runtime: run the generation worker with --pool prefork "
+            "(its processes build the runtime at worker_process_init)"
+        )
+    return _runtime
 
 
-@celery_app.task(name=GENERATE_TASK)
+@shared_task(name=GENERATE_TASK)
 def generate(job_id: str) -> None:
     """Run generation job ``job_id`` to a terminal state."""
-    try:
-        runtime = current_runtime()
-    except Exception as exc:
-        # No engine, but the job must not stay queued/running: fail it through a store.
-        logger.exception("job %s: worker has no models", job_id)
-        store = JobStore.from_settings(get_settings())
-        if store.mark_running(job_id) is not None:
-            store.mark_failed(job_id, "model_unavailable", str(exc))
-        return
-    run_job(job_id, runtime)
+    run_job(job_id, current_runtime())
 
 
 def run_job(job_id: str, runtime: WorkerRuntime) -> None:
     """Claim, generate, store and finish one job; every outcome is a terminal state."""
     store = runtime.store
+    if runtime.engine is None:
+        # Fails the job where it stands (queued): it never started, used no attempt.
+        logger.error("job %s: this worker has no models: %s", job_id, runtime.load_error)
+        store.mark_failed(job_id, ErrorCode.MODEL_UNAVAILABLE,
+                          f"the worker could not load its models: {runtime.load_error}")
+        return
     job = store.mark_running(job_id)
     if job is None:  # missing, already finished, canceled while queued, or out of attempts
         logger.info("job %s: nothing to run", job_id)
@@ -108,14 +87,14 @@ def run_job(job_id: str, runtime: WorkerRuntime) -> None:
         if store.is_cancel_requested(job_id):
             store.mark_canceled(job_id)
             return
-        params = job.request
-        init_image, mask_image = _load_inputs(runtime.storage, params)
+        plan = job.request
+        init_image, mask_image = _load_inputs(runtime.storage, job.inputs)
         started = time.monotonic()
         results = runtime.engine.generate(
-            params, init_image, mask_image, on_step=ProgressReporter(store, job_id)
+            plan, init_image, mask_image, on_step=ProgressReporter(store, job_id)
         )
         inference_seconds = time.monotonic() - started
-        images = _store_outputs(runtime.storage, job_id, params, results)
+        images = _store_outputs(runtime.storage, job_id, plan, results)
         if store.mark_succeeded(job_id, images, _metrics(job, inference_seconds)) is None:
             if store.get(job_id) is None:  # deleted while it ran: keep no orphaned images
                 runtime.storage.delete_prefix(job_prefix(job_id))
@@ -126,10 +105,10 @@ def run_job(job_id: str, runtime: WorkerRuntime) -> None:
         store.mark_canceled(job_id)
     except SoftTimeLimitExceeded:
         limit = runtime.settings.task_soft_time_limit
-        store.mark_failed(job_id, "timeout", f"generation took longer than {limit} s")
+        store.mark_failed(job_id, ErrorCode.TIMEOUT, f"generation took longer than {limit} s")
     except Exception as exc:
         logger.exception("job %s failed", job_id)
-        store.mark_failed(job_id, "generation_failed", str(exc) or type(exc).__name__)
+        store.mark_failed(job_id, ErrorCode.GENERATION_FAILED, str(exc) or type(exc).__name__)
 
 
 class ProgressReporter:
@@ -156,11 +135,11 @@ class ProgressReporter:
 
 
 def _load_inputs(
-    storage: Storage, params: JobParams
+    storage: Storage, inputs: JobInputs
 ) -> tuple[Image.Image | None, Image.Image | None]:
     return (
-        _load_input(storage, params.init_image_key, "RGB"),
-        _load_input(storage, params.mask_image_key, "L"),
+        _load_input(storage, inputs.init_image_key, "RGB"),
+        _load_input(storage, inputs.mask_image_key, "L"),
     )
 
 
@@ -174,29 +153,21 @@ def _load_input(storage: Storage, key: str | None, mode: str) -> Image.Image | N
 
 
 def _store_outputs(
-    storage: Storage, job_id: str, params: JobParams, results: list[GeneratedImage]
-) -> list[ImageInfo]:
-    fmt = params.output_format
+    storage: Storage, job_id: str, plan: JobPlan, results: list[GeneratedImage]
+) -> list[OutputImage]:
+    fmt = plan.output_format
     images = []
     for index, result in enumerate(results):
-        data = encode_image(result.image, fmt, parameters_text(params, result.seed))
+        data = encode_image(result.image, fmt, parameters_text(plan, result.seed))
         storage.put(image_key(job_id, index, fmt.value), data, fmt.content_type)
-        images.append(
-            ImageInfo(
-                index=index,
-                url=f"/v1/jobs/{job_id}/images/{index}",
-                seed=result.seed,
-                width=result.image.width,
-                height=result.image.height,
-                content_type=fmt.content_type,
-            )
-        )
+        images.append(OutputImage(index=index, seed=result.seed, width=result.image.width,
+                                  height=result.image.height, format=fmt))
     return images
 
 
-def _metrics(job: Job, inference_seconds: float) -> Metrics:
+def _metrics(job: JobRecord, inference_seconds: float) -> Metrics:
     started = job.started_at or job.created_at
-    now = datetime.now(UTC) if job.created_at.tzinfo else datetime.now()
+    now = datetime.now(UTC)
     return Metrics(
         queue_seconds=round((started - job.created_at).total_seconds(), 3),
         inference_seconds=round(inference_seconds, 3),

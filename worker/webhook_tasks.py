@@ -10,14 +10,14 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 
 import httpx
+from celery import shared_task
 
-from shared.celery_app import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, celery_app
+from shared.celery_app import DELIVER_WEBHOOK_TASK
 from shared.jobstore import JobStore
 from shared.schemas import EventType, WebhookAttempt
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.webhooks import WebhookHostUnresolvable, check_webhook_url, sign
 
 logger = logging.getLogger(__name__)
@@ -127,19 +127,36 @@ def deliver_and_record(
     return outcome
 
 
-@lru_cache(maxsize=1)
-def _job_store() -> JobStore:
-    return JobStore.from_settings(get_settings())
+@dataclass(frozen=True)
+class WebhookRuntime:
+    """What the webhook worker process holds: built once by worker/webhook_worker.py."""
+
+    store: JobStore
+    http: httpx.Client
+    settings: Settings
 
 
-@lru_cache(maxsize=1)
-def _http_client() -> httpx.Client:
+def make_http_client(settings: Settings) -> httpx.Client:
     # One pooled client per process (thread-safe, shared by the thread pool).
     # trust_env=False: no proxy from the environment and no .netrc credentials sent
     # to URLs that users choose.
     return httpx.Client(
-        timeout=get_settings().webhook_timeout_seconds, follow_redirects=False, trust_env=False
+        timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False
     )
+
+
+_runtime: WebhookRuntime | None = None
+
+
+def install_runtime(runtime: WebhookRuntime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def current_runtime() -> WebhookRuntime:
+    if _runtime is None:
+        raise RuntimeError("no webhook runtime: start the worker with -A worker.webhook_worker")
+    return _runtime
 
 
 def _retry_cap(settings: Settings) -> float:
@@ -148,17 +165,16 @@ def _retry_cap(settings: Settings) -> float:
     return min(settings.webhook_retry_max_seconds, settings.broker_visibility_timeout / 2)
 
 
-@celery_app.task(
-    name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True, ignore_result=True, queue=WEBHOOK_QUEUE
-)
+@shared_task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True, ignore_result=True)
 def deliver_webhook(
     self, job_id: str, event_id: str, event_type: str, url: str, payload: str
 ) -> None:
     """Deliver one webhook event; on a retryable failure, retry later with backoff."""
-    settings = get_settings()
+    runtime = current_runtime()
+    settings = runtime.settings
     attempt = self.request.retries + 1
     outcome = deliver_and_record(
-        _job_store(), _http_client(), settings, job_id=job_id, event_id=event_id,
+        runtime.store, runtime.http, settings, job_id=job_id, event_id=event_id,
         event_type=event_type, url=url, payload=payload, attempt=attempt,
     )
     if not outcome.retryable:

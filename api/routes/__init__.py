@@ -1,0 +1,1 @@
+"""One router per resource: validate, call api.services, map the result to a response."""

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import JobEventsDep, JobServiceDep, OwnerDep, SettingsDep
+from shared.records import JobRecord, public_job
 from shared.schemas import ErrorBody, GenerationRequest, Job, JobPage, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody}
     for code in (400, 404, 409, 413, 422, 503)
 }
@@ -37,11 +38,11 @@ def wait_seconds(prefer: str | None, cap: int) -> int:
     return min(int(match.group(1)), cap) if match else 0
 
 
-def _answer(response: Response, job: Job, waited: int) -> Job:
+def _answer(response: Response, job: JobRecord, waited: int) -> Job:
     response.status_code = 200 if job.status.is_terminal() else 202
     if waited:
         response.headers["Preference-Applied"] = f"wait={waited}"
-    return job
+    return public_job(job)
 
 
 @router.post("", status_code=202, responses=_ERRORS)
@@ -92,7 +93,7 @@ async def get_job(
     job = await events.wait(job, waited)
     if waited:
         return _answer(response, job, waited)
-    return job
+    return public_job(job)
 
 
 @router.post("/{job_id}/cancel", responses=_ERRORS)
@@ -101,7 +102,7 @@ def cancel_job(job_id: JobId, service: JobServiceDep, owner: OwnerDep) -> Job:
 
     Always 200 with the job as it now stands, so retrying a cancel is harmless.
     """
-    return service.cancel(job_id, owner)
+    return public_job(service.cancel(job_id, owner))
 
 
 @router.delete("/{job_id}", status_code=204, responses=_ERRORS)

@@ -1,0 +1,1 @@
+"""The use cases behind the routes: submit, read, cancel, wait, stream, health."""

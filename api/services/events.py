@@ -1,8 +1,10 @@
 """Following a job live: ``Prefer: wait`` and the SSE stream, both on the job's pub/sub channel.
 
-Both subscribe before reading the job's state, so an event published in between is
-never missed (it waits in the subscription); events older than the state read are
-skipped, so none is reported twice.
+Every event carries the job as the store wrote it, so neither re-reads the job per
+event. Both subscribe before reading the job, so an event published in between is never
+missed (it waits in the subscription); an event whose ``updated_at`` is not after the
+state already read is skipped, so none is reported twice (the store stamps each write of
+a job strictly later than the one before).
 """
 
 from __future__ import annotations
@@ -20,15 +22,13 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import NotFound
 from shared.jobstore import JobStore
-from shared.schemas import EventType, Job, JobEvent, JobStatus, Metrics, Progress
+from shared.records import JobEvent, JobRecord, public_job
+from shared.schemas import EventType, JobStatus
 
-# Pub/sub is fire-and-forget (a Redis restart drops messages), so an idle stream
-# re-reads the job this often and closes if it finished unseen.
+# Pub/sub is fire-and-forget (a Redis restart drops messages), so a quiet wait or stream
+# re-reads the job this often and ends if it finished unseen.
 RECHECK_SECONDS = 15.0
-
-# Order of events in a job's life; an event behind the state already reported is stale.
-_RANK = {EventType.QUEUED: 0, EventType.STARTED: 1, EventType.PROGRESS: 1,
-         EventType.COMPLETED: 2}
+SUBSCRIBE_TIMEOUT_SECONDS = 5.0
 
 
 def event_for_status(status: JobStatus) -> EventType:
@@ -40,80 +40,94 @@ def event_for_status(status: JobStatus) -> EventType:
 
 @dataclass
 class JobEvents:
-    """Reads job events for one request; ``store`` is sync, so reads go to a thread."""
+    """Job events for one request; ``store`` is sync, so its reads go to a thread."""
 
     redis: aioredis.Redis
     store: JobStore
 
-    async def _subscribe(self, job_id: str) -> PubSub:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(JobStore.channel(job_id))
-        return pubsub
+    async def wait(self, record: JobRecord, seconds: float) -> JobRecord:
+        """The job once it is terminal, or as it stands after ``seconds``, whichever is first.
 
-    async def _read(self, job_id: str) -> Job | None:
-        return await run_in_threadpool(self.store.get, job_id)
-
-    async def wait(self, job: Job, seconds: float) -> Job:
-        """``job`` re-read once it is terminal or ``seconds`` have passed, whichever is first."""
-        if seconds <= 0 or job.status.is_terminal():
-            return job
+        ``record`` is the job as the caller last read it; it comes back unchanged when it
+        is already terminal, ``seconds <= 0``, or the job is deleted meanwhile.
+        """
+        if seconds <= 0 or record.status.is_terminal():
+            return record
         deadline = time.monotonic() + seconds
-        pubsub = await self._subscribe(job.id)
+        pubsub = await self._subscribe(record.id)
         try:
-            current = await self._read(job.id)
-            while current is not None and not current.status.is_terminal():
+            current = await self._read(record.id)
+            if current is None:
+                return record
+            while not current.status.is_terminal():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 event = await _next_event(pubsub, min(left, RECHECK_SECONDS))
-                if event is None or event.type is EventType.COMPLETED:
-                    current = await self._read(job.id)
-            return current or job
+                if event is not None:
+                    if event.job.updated_at > current.updated_at:
+                        current = event.job
+                elif left > RECHECK_SECONDS:  # quiet: make sure it did not end unseen
+                    current = await self._read(record.id) or current
+            return current
         finally:
             await _close(pubsub)
 
     async def stream(self, job_id: str, owner: str) -> AsyncIterator[dict[str, str]]:
-        """SSE events for the job: its current state, then each change until completed.
+        """SSE events ``{"event": <type>, "data": <public job JSON>}``: the job's current
+        state, then each change as it was written, ending after ``completed``.
 
-        Raises ``NotFound`` before the stream starts when the job does not exist.
+        Raises ``NotFound`` before the stream starts when the job does not exist or
+        belongs to another owner.
         """
         pubsub = await self._subscribe(job_id)
         try:
-            job = await self._read(job_id)
+            record = await self._read(job_id)
         except BaseException:
             await _close(pubsub)
             raise
-        if job is None or job.owner != owner:
+        if record is None or record.owner != owner:
             await _close(pubsub)
             raise NotFound(f"job '{job_id}' not found", "job_not_found")
-        return self._relay(pubsub, job)
+        return self._relay(pubsub, record)
 
-    async def _relay(self, pubsub: PubSub, job: Job) -> AsyncIterator[dict[str, str]]:
+    async def _relay(self, pubsub: PubSub, record: JobRecord) -> AsyncIterator[dict[str, str]]:
         try:
-            last = event_for_status(job.status)
-            yield _sse(last, job)
-            while last is not EventType.COMPLETED:
+            yield _sse(event_for_status(record.status), record)
+            last = record
+            while not last.status.is_terminal():
                 event = await _next_event(pubsub, RECHECK_SECONDS)
                 if event is None:  # quiet for a while: make sure it did not end unseen
-                    current = await self._read(job.id)
-                    if current is None:
+                    current = await self._read(last.id)
+                    if current is None:  # deleted while we watched
                         return
                     if current.status.is_terminal():
                         yield _sse(EventType.COMPLETED, current)
                         return
                     continue
-                stale = _RANK[event.type] < _RANK[last] or (
-                    event.type is last and event.type is not EventType.PROGRESS
-                )
-                if stale:
-                    continue
-                current = await self._read(job.id)
-                if current is None:  # deleted while we watched
-                    return
-                last = event.type
-                yield _sse(event.type, _as_of(current, event))
+                if event.job.updated_at <= last.updated_at:
+                    continue  # published before the state already sent
+                last = event.job
+                yield _sse(event.type, last)
         finally:
             await _close(pubsub)
+
+    async def _subscribe(self, job_id: str) -> PubSub:
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(JobStore.channel(job_id))
+            # Only once Redis confirms is every later event sure to reach us; the first
+            # read of the job must come after that.
+            with anyio.fail_after(SUBSCRIBE_TIMEOUT_SECONDS):
+                while (await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_SECONDS)) is None:
+                    pass
+        except BaseException:
+            await _close(pubsub)
+            raise
+        return pubsub
+
+    async def _read(self, job_id: str) -> JobRecord | None:
+        return await run_in_threadpool(self.store.get, job_id)
 
 
 async def _next_event(pubsub: PubSub, timeout: float) -> JobEvent | None:
@@ -124,28 +138,14 @@ async def _next_event(pubsub: PubSub, timeout: float) -> JobEvent | None:
         if message is None or message.get("type") != "message":
             continue
         try:
-            return JobEvent.model_validate_json(message["data"])
+            return JobStore.decode_event(message["data"])
         except ValidationError:
             continue
     return None
 
 
-def _as_of(job: Job, event: JobEvent) -> Job:
-    """The job as of ``event``: relaying lags the store, and a fast job may already be done."""
-    if event.type is EventType.COMPLETED:
-        return job
-    update: dict[str, object] = {"status": event.status, "updated_at": event.at}
-    if event.progress is not None:
-        update["progress"] = event.progress
-    elif event.type is EventType.STARTED:  # no step has run yet in this attempt
-        update["progress"] = Progress()
-    if job.status.is_terminal():  # what the finish wrote did not exist yet
-        update.update(finished_at=None, images=[], error=None, metrics=Metrics())
-    return job.model_copy(update=update)
-
-
-def _sse(event: EventType, job: Job) -> dict[str, str]:
-    return {"event": event.value, "data": job.model_dump_json()}
+def _sse(event: EventType, record: JobRecord) -> dict[str, str]:
+    return {"event": event.value, "data": public_job(record).model_dump_json()}
 
 
 async def _close(pubsub: PubSub) -> None:

@@ -77,31 +77,6 @@ def _too_many_pixels(field: str, width: int, height: int) -> TooLarge:
     )
 
 
-def round_down_to_8(value: int) -> int:
-    return max(8, value - value % 8)
-
-
-def output_size(
-    image: Image.Image, width: int | None, height: int | None
-) -> tuple[int, int]:
-    """The size an image task works at: the requested size, else the image's rounded to 8.
-
-    With only one side given the other follows the image's aspect ratio.
-    """
-    img_w, img_h = image.size
-    if width and height:
-        return width, height
-    if width:
-        return width, round_down_to_8(round(img_h * width / img_w))
-    if height:
-        return round_down_to_8(round(img_w * height / img_h)), height
-    return round_down_to_8(img_w), round_down_to_8(img_h)
-
-
-def fit(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
-    return image if image.size == size else image.resize(size, resample)
-
-
 def to_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

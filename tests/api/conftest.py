@@ -14,10 +14,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api import deps
 from api.main import create_app
+from api.state import AppState
 from shared.jobstore import JobStore
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.storage import Storage
 
 
@@ -29,26 +29,29 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def app(settings: Settings) -> FastAPI:
-    app = create_app()
-    app.dependency_overrides[get_settings] = lambda: settings
-    return app
+    return create_app(settings)
 
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as test_client:
+    with TestClient(app) as test_client:  # runs the lifespan: the app state is built
         yield test_client
 
 
 @pytest.fixture
-def store(settings: Settings) -> JobStore:
-    """The very store the app uses for these settings."""
-    return deps.get_store(settings)
+def state(app: FastAPI, client: TestClient) -> AppState:
+    return app.state.latentd
 
 
 @pytest.fixture
-def storage(settings: Settings) -> Storage:
-    return deps.get_storage(settings)
+def store(state: AppState) -> JobStore:
+    """The very store the app uses."""
+    return state.store
+
+
+@pytest.fixture
+def storage(state: AppState) -> Storage:
+    return state.storage
 
 
 @pytest.fixture

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import redis
 
 from api.services.expiry import sweep_expired_outputs
 from shared.jobstore import JobStore
-from shared.schemas import Job, JobParams, JobStatus
+from shared.records import JobRecord
 from shared.settings import Settings
 from shared.storage import LocalStorage, image_key
+from tests.factories import make_record
 
 
-def make_job(store: JobStore) -> Job:
-    now = datetime.now(UTC)
-    params = JobParams(
-        task="text-to-image", model="tiny-random", prompt="x", negative_prompt=None, width=64,
-        height=64, num_images=1, steps=2, guidance_scale=5, scheduler="ddim", seed=1,
-        seeds=[1], strength=0.75, outpaint=None, output_format="png", priority="normal",
-        webhook=None,
-    )
-    job = Job(id=store.new_job_id(), owner="public", status=JobStatus.QUEUED, created_at=now,
-              updated_at=now, request=params)
-    return store.create(job)[0]
+def make_job(store: JobStore) -> JobRecord:
+    return store.create(make_record())[0]
 
 
 def test_sweep_deletes_only_expired_outputs(redis_url: str, tmp_path) -> None:

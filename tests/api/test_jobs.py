@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import redis
@@ -9,7 +10,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from shared.jobstore import JobStore
-from shared.schemas import ImageInfo, Metrics
+from shared.records import OutputImage
+from shared.schemas import Job, Metrics, OutputFormat
 from shared.storage import Storage, image_key, input_key
 from tests.api.conftest import png_b64, queued_tasks, task_job_ids
 
@@ -28,8 +30,8 @@ def finish(store: JobStore, storage: Storage, job_id: str, count: int = 1) -> No
         buffer = io.BytesIO()
         Image.new("RGB", (64, 64), (index, 0, 0)).save(buffer, format="PNG")
         storage.put(image_key(job_id, index, "png"), buffer.getvalue(), "image/png")
-        images.append(ImageInfo(index=index, url=f"/v1/jobs/{job_id}/images/{index}", seed=index,
-                                width=64, height=64, content_type="image/png"))
+        images.append(OutputImage(index=index, seed=index, width=64, height=64,
+                                  format=OutputFormat.PNG))
     store.mark_succeeded(job_id, images, Metrics(total_seconds=0.1))
 
 
@@ -39,12 +41,12 @@ def test_submit_answers_202_with_defaults_and_seeds_resolved(
     job = submit(client, {"prompt": "a cat", "seed": 42, "num_images": 3})
 
     assert job["id"].startswith("job_") and job["status"] == "queued"
-    assert job["owner"] == "public" and job["queue_position"] == 0
+    assert job["queue_position"] == 0 and job["warnings"] == []
     params = job["request"]
     # tiny-random's defaults fill what the request left out.
     assert (params["model"], params["width"], params["height"]) == ("tiny-random", 64, 64)
     assert (params["steps"], params["guidance_scale"], params["scheduler"]) == (4, 5.0, "ddim")
-    assert params["seed"] == 42 and params["seeds"] == [42, 43, 44]
+    assert params["seeds"] == [42, 43, 44] and params["strength"] is None
     assert list(queued_tasks(broker)) == ["gen.tiny-random:5"]  # normal priority
     assert task_job_ids(broker) == [job["id"]]
 
@@ -57,8 +59,8 @@ def test_seeds_wrap_at_2_to_the_32(client: TestClient) -> None:
 def test_server_picks_a_seed_when_none_given(client: TestClient) -> None:
     first = submit(client, {"prompt": "a cat", "num_images": 2})["request"]
     second = submit(client, {"prompt": "a cat", "num_images": 2})["request"]
-    assert first["seeds"] == [first["seed"], (first["seed"] + 1) % 2**32]
-    assert first["seed"] != second["seed"]  # 1 in 2**32 to fail by chance
+    assert first["seeds"][1] == (first["seeds"][0] + 1) % 2**32
+    assert first["seeds"][0] != second["seeds"][0]  # 1 in 2**32 to fail by chance
 
 
 def test_priority_picks_the_broker_list_and_the_queue_position(
@@ -83,28 +85,56 @@ def test_image_to_image_sizes_follow_the_init_image(
     assert (job["request"]["width"], job["request"]["height"]) == (96, 64)  # rounded down to 8
     stored = Image.open(io.BytesIO(storage.get(input_key(job["id"], "init"))))
     assert stored.size == (96, 64)
-    assert job["request"]["init_image_key"] == input_key(job["id"], "init")
 
     # One side given: the other keeps the image's aspect ratio (70 * 64/100 = 44.8 → 40).
     job = submit(client, {**body, "width": 64})
     assert (job["request"]["width"], job["request"]["height"]) == (64, 40)
 
 
-def test_inpaint_mask_is_resized_to_the_output(client: TestClient, storage: Storage) -> None:
+def half_white_mask(size: tuple[int, int]) -> str:
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (0, 0, size[0] // 2, size[1]))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_inpaint_mask_is_resized_once_to_the_output_keeping_its_edge_hard(
+    client: TestClient, storage: Storage
+) -> None:
     body = {"prompt": "a cat", "task": "inpaint", "init_image": png_b64((80, 80)),
-            "mask_image": png_b64((20, 20), "L"), "width": 64, "height": 48}
+            "mask_image": half_white_mask((20, 20)), "width": 64, "height": 48}
     job = submit(client, body)
     mask = Image.open(io.BytesIO(storage.get(input_key(job["id"], "mask"))))
     init = Image.open(io.BytesIO(storage.get(input_key(job["id"], "init"))))
     assert mask.size == init.size == (64, 48)
     assert mask.mode == "L"
+    # Nearest-neighbour: only black and white, no blurred band along the edge.
+    assert [value for value, count in enumerate(mask.histogram()) if count] == [0, 255]
+    assert job["request"]["strength"] == 0.75
 
 
-def test_outpaint_output_is_the_init_plus_margins(client: TestClient) -> None:
-    body = {"prompt": "a cat", "task": "outpaint", "init_image": png_b64((64, 64)),
-            "outpaint": {"left": 16, "top": 8}}
+def test_outpaint_record_is_the_canvas_and_the_stored_init_is_the_inner_image(
+    client: TestClient, storage: Storage
+) -> None:
+    body = {"prompt": "a cat", "task": "outpaint", "init_image": png_b64((100, 100)),
+            "width": 64, "height": 48, "outpaint": {"left": 16, "top": 8}, "strength": 0.3}
     job = submit(client, body)
-    assert (job["request"]["width"], job["request"]["height"]) == (80, 72)
+    assert (job["request"]["width"], job["request"]["height"]) == (80, 56)
+    assert job["request"]["strength"] == 1.0
+    assert [w["field"] for w in job["warnings"]] == ["strength"]
+    init = Image.open(io.BytesIO(storage.get(input_key(job["id"], "init"))))
+    assert init.size == (64, 48)
+
+
+def test_the_public_job_has_no_storage_keys_or_internals(client: TestClient) -> None:
+    body = {"prompt": "a cat", "task": "inpaint", "init_image": png_b64((64, 64)),
+            "mask_image": png_b64((64, 64), "L")}
+    job = submit(client, body)
+    assert set(job) == set(Job.model_fields)
+    assert "owner" not in job and "inputs" not in job
+    text = client.get(f"/v1/jobs/{job['id']}").text
+    assert "inputs/" not in text and "_key" not in text and "public" not in text
 
 
 def test_get_returns_the_job_and_404s_unknown_ids(client: TestClient) -> None:
@@ -243,18 +273,17 @@ def test_image_endpoint(client: TestClient, store: JobStore, storage: Storage) -
 
 
 def test_enqueue_failure_marks_the_job_failed_and_answers_503(
-    app, client: TestClient, store: JobStore, settings
+    state, client: TestClient, store: JobStore, settings, monkeypatch
 ) -> None:
-    from api.deps import get_celery
     from shared.celery_app import make_celery
 
     unreachable = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    app.dependency_overrides[get_celery] = lambda: make_celery(unreachable)
+    monkeypatch.setattr(state, "celery", make_celery(unreachable))
     response = client.post("/v1/jobs", json={"prompt": "a cat"})
 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "enqueue_failed"
-    [job] = store.list("public").jobs
+    [job], _ = store.list_jobs("public")
     assert job.status == "failed" and job.error.code == "enqueue_failed"
 
 

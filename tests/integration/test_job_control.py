@@ -10,40 +10,28 @@ import httpx
 
 from tests.integration.conftest import Service
 
-# Long enough on tiny-random to be caught mid-run: many steps at the largest size.
-SLOW_JOB = {"prompt": "slow", "width": 512, "height": 512, "steps": 150, "num_images": 2}
-
-
-def wait_until_running(service: Service, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = service.client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] == "running" and job["progress"]["step"] >= 1:
-            return job
-        assert job["status"] in ("queued", "running"), job
-        time.sleep(0.02)
-    raise AssertionError(f"{job_id} never started")
+# Held by the test's gate after its first step (tests/integration/gated_worker.py).
+HELD_JOB = {"prompt": "held", "steps": 10}
 
 
 def test_cancel_running_job_stops_within_a_step(service: Service) -> None:
-    job_id = service.submit(SLOW_JOB)["id"]
-    wait_until_running(service, job_id)
+    job_id = service.submit_held(HELD_JOB)
     response = service.client.post(f"/v1/jobs/{job_id}/cancel")
-    assert response.status_code == 200
+    assert response.status_code == 200 and response.json()["status"] == "running"
+    service.release(job_id)
     job = service.wait(job_id)
     assert job["status"] == "canceled"
-    assert job["progress"]["step"] < job["progress"]["total_steps"]
+    assert (job["progress"]["step"], job["progress"]["total_steps"]) == (1, 10)
     assert job["images"] == []
     # Terminal: cancelling again changes nothing.
     assert service.client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
 
 
 def test_canceled_queued_job_never_runs(service: Service) -> None:
-    blocker = service.submit(SLOW_JOB)["id"]
-    wait_until_running(service, blocker)
+    blocker = service.submit_held(HELD_JOB)
     queued = service.submit({"prompt": "never", "steps": 2})["id"]
     assert service.client.post(f"/v1/jobs/{queued}/cancel").json()["status"] == "canceled"
-    service.client.post(f"/v1/jobs/{blocker}/cancel")
+    service.release(blocker)
     service.wait(blocker)
     marker = service.run({"prompt": "after", "steps": 2})  # the worker got past the queue
     job = service.client.get(f"/v1/jobs/{queued}").json()
@@ -53,13 +41,13 @@ def test_canceled_queued_job_never_runs(service: Service) -> None:
 
 
 def test_high_priority_job_runs_before_queued_normal_ones(service: Service) -> None:
-    blocker = service.submit(SLOW_JOB)["id"]
-    wait_until_running(service, blocker)
+    blocker = service.submit_held(HELD_JOB)
     normal = [service.submit({"prompt": f"n{i}", "steps": 2})["id"] for i in range(3)]
     high = service.submit({"prompt": "urgent", "steps": 2, "priority": "high"})
     assert high["queue_position"] == 0
     assert service.client.get(f"/v1/jobs/{normal[0]}").json()["queue_position"] == 1
-    service.client.post(f"/v1/jobs/{blocker}/cancel")
+    service.release(blocker)
+    assert service.wait(blocker)["status"] == "succeeded"
     started = {job_id: service.wait(job_id)["started_at"] for job_id in [*normal, high["id"]]}
     assert started[high["id"]] < min(started[n] for n in normal)
     assert [started[n] for n in normal] == sorted(started[n] for n in normal)
@@ -74,12 +62,14 @@ def test_prefer_wait_returns_the_finished_job(service: Service) -> None:
 
 
 def test_prefer_wait_gives_up_with_202(service: Service) -> None:
+    held = service.submit_held(HELD_JOB)
     started = time.monotonic()
-    response = service.client.post("/v1/jobs", json=SLOW_JOB, headers={"Prefer": "wait=1"})
-    assert response.status_code == 202
+    response = service.client.get(f"/v1/jobs/{held}", headers={"Prefer": "wait=1"})
+    assert response.status_code == 202 and response.json()["status"] == "running"
+    assert response.headers["Preference-Applied"] == "wait=1"
     assert 0.9 < time.monotonic() - started < 10
-    service.client.post(f"/v1/jobs/{response.json()['id']}/cancel")
-    service.wait(response.json()["id"])
+    service.release(held)
+    assert service.wait(held)["status"] == "succeeded"
 
 
 def test_idempotency_key_replays_and_conflicts(service: Service) -> None:
@@ -111,7 +101,7 @@ def read_sse(service: Service, job_id: str) -> list[tuple[str, dict]]:
 
 
 def test_sse_streams_events_in_order(service: Service) -> None:
-    job_id = service.submit({"prompt": "stream", "steps": 20, "width": 256, "height": 256})["id"]
+    job_id = service.submit({"prompt": "stream", "steps": 20})["id"]
     events = read_sse(service, job_id)
     names = [name for name, _ in events]
     assert names[0] in ("queued", "started")
@@ -120,7 +110,11 @@ def test_sse_streams_events_in_order(service: Service) -> None:
     assert names.index("started") < names.index("progress")
     steps = [data["progress"]["step"] for name, data in events if name == "progress"]
     assert steps == sorted(steps) and steps[-1] == 20
-    assert events[-1][1]["status"] == "succeeded"
+    # Each event carries the job as it was when the event happened.
+    assert all(data["status"] == "running" for name, data in events if name == "progress")
+    # (The first event is the state found on connecting, which may already be mid-run.)
+    assert all(data["progress"]["step"] == 0 for name, data in events[1:] if name == "started")
+    assert events[-1][1]["status"] == "succeeded" and events[-1][1]["images"]
     # A finished job's stream is just its completion.
     assert [name for name, _ in read_sse(service, job_id)] == ["completed"]
 

@@ -10,7 +10,6 @@ import redis
 
 from shared.heartbeat import live_workers
 from tests.integration.conftest import Service
-from tests.integration.test_job_control import SLOW_JOB, wait_until_running
 
 
 def serving_pid(client: redis.Redis, timeout: float = 60) -> int:
@@ -25,9 +24,14 @@ def serving_pid(client: redis.Redis, timeout: float = 60) -> int:
 def test_killed_worker_process_job_runs_again_and_succeeds(service: Service) -> None:
     client = redis.Redis.from_url(service.redis_url)
     victim = serving_pid(client)
-    job_id = service.submit({**SLOW_JOB, "steps": 30, "seed": 11})["id"]
-    wait_until_running(service, job_id)
+    # Held mid-run by the test's gate; the rerun is held again at its first step.
+    job_id = service.submit_held({"prompt": "crash", "steps": 4, "num_images": 2, "seed": 11})
     os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while service.client.get(f"/v1/jobs/{job_id}").json()["attempts"] < 2:
+        assert time.monotonic() < deadline, "the job was not run again"
+        time.sleep(0.1)
+    service.release(job_id)
 
     job = service.wait(job_id, timeout=120)
     assert job["status"] == "succeeded", job["error"]

@@ -16,9 +16,11 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared.celery_app import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE
-from shared.schemas import EventType, Job, JobParams, JobStatus, Progress, WebhookSpec
+from shared.records import JobRecord, public_job
+from shared.schemas import EventType, Job, JobStatus, Progress, WebhookSpec
 from shared.settings import Settings
 from shared.webhooks import (
+    PROGRESS_THROTTLE_KEY,
     WebhookHostUnresolvable,
     WebhookPublisher,
     WebhookURLRefused,
@@ -28,23 +30,17 @@ from shared.webhooks import (
     event_id,
     sign,
 )
+from tests.factories import make_plan, make_record
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def make_job(events: list[EventType] | None = None, url: str = "https://example.com/hook",
-             **fields: Any) -> Job:
+             **fields: Any) -> JobRecord:
     now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     webhook = WebhookSpec(url=url, events=events) if events is not None else None
-    params = JobParams(
-        task="text-to-image", model="tiny-random", prompt="a cat", negative_prompt=None,
-        width=64, height=64, num_images=1, steps=4, guidance_scale=5.0, scheduler="ddim",
-        seed=1, seeds=[1], strength=0.75, outpaint=None, output_format="png",
-        priority="normal", webhook=webhook,
-    )
-    return Job(**{"id": "job_" + secrets.token_hex(12), "owner": "alice",
-                  "status": JobStatus.RUNNING, "created_at": now, "updated_at": now,
-                  "request": params, **fields})
+    return make_record(**{"status": JobStatus.RUNNING, "created_at": now, "updated_at": now,
+                          "request": make_plan(webhook=webhook), **fields})
 
 
 class RecordingCelery:
@@ -149,7 +145,9 @@ def test_build_event_carries_the_job_as_json() -> None:
     assert body["type"] == "job.completed"
     assert datetime.fromisoformat(body["timestamp"]) == job.updated_at
     assert body["data"]["id"] == job.id and body["data"]["status"] == "succeeded"
-    assert Job.model_validate(json.loads(json.dumps(body))["data"]) == job
+    # The public job, as GET /v1/jobs/{id} shows it: no owner, no storage keys.
+    assert Job.model_validate(json.loads(json.dumps(body))["data"]) == public_job(job)
+    assert "owner" not in body["data"] and "inputs" not in body["data"]
     assert build_event(job, EventType.STARTED)["type"] == "job.started"
     assert build_event(job, EventType.PROGRESS)["type"] == "job.progress"
 
@@ -220,7 +218,11 @@ def test_progress_is_throttled_to_one_per_second_per_job(client: redis.Redis) ->
     publish(job, EventType.COMPLETED)  # never throttled
     assert [s["args"][1] for s in app.sent] == [
         f"evt_{job.id}_progress_1", f"evt_{other.id}_progress_0", f"evt_{job.id}_completed"]
-    time.sleep(1.2)
+    # The slot frees when its key expires (Redis's TTL), not when a fixed sleep says so.
+    deadline = time.monotonic() + 5
+    while client.exists(PROGRESS_THROTTLE_KEY.format(job_id=job.id)):
+        assert time.monotonic() < deadline, "the throttle slot never expired"
+        time.sleep(0.05)
     publish(job.model_copy(update={"progress": Progress(step=8, total_steps=9)}),
             EventType.PROGRESS)
     assert app.sent[-1]["args"][1] == f"evt_{job.id}_progress_8"

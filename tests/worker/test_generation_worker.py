@@ -7,20 +7,20 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 
+from scripts.process_commands import GENERATION_WORKER, service_commands
 from scripts.service_processes import start_process, stop_process
 from shared.celery_app import GENERATE_TASK, make_celery
 from shared.heartbeat import live_workers
 from shared.jobstore import JobStore
 from shared.model_registry import queue_for_model
-from shared.schemas import Job, JobStatus
+from shared.schemas import JobStatus
 from shared.settings import Settings
 from shared.storage import LocalStorage, image_key
-from tests.worker.conftest import make_params
+from tests.factories import make_plan, make_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,21 +45,16 @@ def test_worker_process_serves_the_model_it_loaded_after_forking(
     log = tmp_path / "worker.log"
     env = {**os.environ, "LATENTD_REDIS_URL": redis_url, "LATENTD_DATA_DIR": str(settings.data_dir),
            "LATENTD_TORCH_THREADS": "1", "LATENTD_DEFAULT_MODEL": "tiny-random"}
-    worker = start_process(
-        [str(Path(sys.executable).parent / "celery"), "-A", "worker.generation_worker", "worker",
-         "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
-         "-n", f"gen-test-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
-        env, log,
-    )
+    command = service_commands(sys.executable, host="127.0.0.1", port=0,
+                               node_tag=f"test-{os.getpid()}")[GENERATION_WORKER]
+    worker = start_process([*command, "--without-gossip", "--without-mingle"], env, log)
     try:
         [name] = wait_for(lambda: live_workers(client, "tiny-random"), 90, "a heartbeat", log)
         # The heartbeat names the process that holds the weights: the child, not the parent.
         assert int(name.rsplit("-", 1)[1]) != worker.pid
 
         store = JobStore(client, settings)
-        now = datetime.now(UTC)
-        job, _ = store.create(Job(id=store.new_job_id(), owner="alice", status=JobStatus.QUEUED,
-                                  created_at=now, updated_at=now, request=make_params(seed=5)))
+        job, _ = store.create(make_record(request=make_plan(seed=5)))
         make_celery(settings).send_task(GENERATE_TASK, args=[job.id],
                                         queue=queue_for_model("tiny-random"))
         done = wait_for(lambda: (j := store.get(job.id)).status.is_terminal() and j, 60,

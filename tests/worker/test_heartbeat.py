@@ -8,8 +8,15 @@ import time
 
 import redis
 
-from shared.heartbeat import heartbeat_key, live_workers
+from shared.heartbeat import beat, heartbeat_key, live_workers
 from worker.heartbeat import Heartbeat, worker_name
+
+
+def wait_until(condition, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_worker_name_is_host_and_pid() -> None:
@@ -26,8 +33,9 @@ def test_heartbeat_announces_every_model_until_stopped(redis_url: str) -> None:
         assert live_workers(client, "emoji") == ["host-1"]
         key = heartbeat_key("tiny-random", "host-1")
         assert 0 < client.pttl(key) <= 1000
-        # Refreshed well before the TTL runs out.
-        time.sleep(1.3)
+        # A key beaten once with the same TTL expires; the live one was refreshed meanwhile.
+        beat(client, "tiny-random", "beaten-once", ttl_seconds=1)
+        wait_until(lambda: not client.exists(heartbeat_key("tiny-random", "beaten-once")))
         assert client.exists(key)
     finally:
         heartbeat.stop()
@@ -38,15 +46,15 @@ def test_a_dead_workers_heartbeat_expires(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     Heartbeat(client, ["tiny-random"], "crashed", ttl_seconds=1).beat_once()
     assert live_workers(client, "tiny-random") == ["crashed"]
-    time.sleep(1.2)
-    assert live_workers(client, "tiny-random") == []
+    wait_until(lambda: live_workers(client, "tiny-random") == [])
 
 
-def test_heartbeat_keeps_trying_while_redis_is_unreachable() -> None:
+def test_heartbeat_keeps_trying_while_redis_is_unreachable(caplog) -> None:
     client = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.1)
     heartbeat = Heartbeat(client, ["tiny-random"], "lonely", interval_seconds=0.02)
     heartbeat.start()
-    time.sleep(0.2)
+    # Three failed beats logged: the thread survived its failures and went on beating.
+    wait_until(lambda: caplog.text.count("heartbeat failed") >= 3)
     assert heartbeat.running
     heartbeat.stop()  # withdrawing fails quietly too
     assert not heartbeat.running

@@ -17,7 +17,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from shared.schemas import SCHEDULERS
+from shared.schemas import NOISE_SCHEDULERS, SCHEDULERS
 from worker.schedulers import make_scheduler
 
 EXPECTED_CLASSES = {
@@ -31,6 +31,7 @@ EXPECTED_CLASSES = {
     "dpmpp_2m": DPMSolverMultistepScheduler,
     "dpmpp_2m_karras": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
+    "flow_match_euler": FlowMatchEulerDiscreteScheduler,
 }
 
 
@@ -43,7 +44,7 @@ def test_every_request_name_has_a_scheduler() -> None:
     assert set(EXPECTED_CLASSES) == set(SCHEDULERS)
 
 
-@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("name", NOISE_SCHEDULERS)
 def test_name_maps_to_class_and_keeps_the_models_noise_schedule(name: str, base_config) -> None:
     scheduler = make_scheduler(name, base_config)
     assert isinstance(scheduler, EXPECTED_CLASSES[name])
@@ -67,12 +68,21 @@ def test_each_call_builds_a_new_object(base_config) -> None:
     assert second.timesteps is None or len(second.timesteps) != 10
 
 
-def test_flow_matching_models_keep_their_own_scheduler() -> None:
+def test_flow_matching_models_run_their_own_scheduler_with_its_settings() -> None:
     config = dict(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
     config["_class_name"] = "FlowMatchEulerDiscreteScheduler"
-    scheduler = make_scheduler("ddim", config)
+    scheduler = make_scheduler("flow_match_euler", config)
     assert type(scheduler) is FlowMatchEulerDiscreteScheduler
     assert scheduler.config.shift == 3.0
+
+
+def test_a_sampler_of_the_other_family_is_refused_not_swapped(base_config) -> None:
+    flow = {**dict(FlowMatchEulerDiscreteScheduler().config),
+            "_class_name": "FlowMatchEulerDiscreteScheduler"}
+    with pytest.raises(ValueError, match="'ddim' cannot drive this flow-matching model"):
+        make_scheduler("ddim", flow)
+    with pytest.raises(ValueError, match="'flow_match_euler' cannot drive this noise-prediction"):
+        make_scheduler("flow_match_euler", base_config)
 
 
 def test_unknown_name_is_refused(base_config) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,10 +11,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from shared.jobstore import JobStore
-from shared.schemas import EventType, Job, JobParams, JobStatus
-from shared.settings import Settings, get_settings
+from shared.records import JobInputs, JobRecord, public_job
+from shared.schemas import EventType, JobPlan, JobStatus
+from shared.settings import Settings
 from shared.storage import LocalStorage, image_key, input_key, job_prefix
-from tests.worker.conftest import make_params
+from tests.factories import make_plan, make_record
+from tests.job_events import Listener
 from worker import tasks
 from worker.engine import GenerationEngine
 from worker.tasks import ProgressReporter, WorkerRuntime, run_job
@@ -34,15 +34,15 @@ def store(settings: Settings) -> JobStore:
 
 @pytest.fixture
 def runtime(engine: GenerationEngine, store: JobStore, settings: Settings) -> WorkerRuntime:
-    return WorkerRuntime(engine, store, LocalStorage(settings.images_dir), settings)
+    return WorkerRuntime(store, LocalStorage(settings.images_dir), settings, engine)
 
 
-def submit(store: JobStore, params: JobParams | None = None, job_id: str | None = None,
-           **overrides: object) -> Job:
-    now = datetime.now(UTC)
-    job = Job(id=job_id or store.new_job_id(), owner="alice", status=JobStatus.QUEUED,
-              created_at=now, updated_at=now, request=params or make_params(**overrides))
-    stored, created = store.create(job)
+def submit(store: JobStore, plan: JobPlan | None = None, job_id: str | None = None,
+           inputs: JobInputs | None = None, **overrides: object) -> JobRecord:
+    record = make_record(owner="alice", request=plan or make_plan(**overrides),
+                         inputs=inputs or JobInputs(),
+                         **({"id": job_id} if job_id else {}))
+    stored, created = store.create(record)
     assert created
     return stored
 
@@ -51,19 +51,8 @@ def stored_bytes(runtime: WorkerRuntime, job_id: str, index: int = 0, ext: str =
     return runtime.storage.get(image_key(job_id, index, ext))
 
 
-def subscribe(store: JobStore, job_id: str):
-    pubsub = store._redis.pubsub()
-    pubsub.subscribe(JobStore.channel(job_id))
-    pubsub.get_message(timeout=1)  # the subscribe confirmation
-    return pubsub
-
-
-def received(pubsub) -> list[dict]:
-    messages = []
-    while (message := pubsub.get_message(timeout=0.2)) is not None:
-        if message["type"] == "message":
-            messages.append(json.loads(message["data"]))
-    return messages
+def subscribe(store: JobStore, job_id: str) -> Listener:
+    return Listener(store._redis, job_id)
 
 
 def test_job_succeeds_with_images_seeds_urls_and_metrics(runtime, store) -> None:
@@ -73,18 +62,22 @@ def test_job_succeeds_with_images_seeds_urls_and_metrics(runtime, store) -> None
 
     done = store.get(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.error is None
-    assert [(i.index, i.seed, i.url) for i in done.images] == [
-        (0, 40, f"/v1/jobs/{job.id}/images/0"), (1, 41, f"/v1/jobs/{job.id}/images/1")]
-    assert all((i.width, i.height, i.content_type) == (64, 48, "image/png") for i in done.images)
+    assert [(i.index, i.seed, i.format) for i in done.images] == [(0, 40, "png"), (1, 41, "png")]
+    assert all((i.width, i.height) == (64, 48) for i in done.images)
+    # The worker records formats, never URLs; the public view builds them.
+    assert [i.url for i in public_job(done).images] == [
+        f"/v1/jobs/{job.id}/images/0", f"/v1/jobs/{job.id}/images/1"]
     png = Image.open(io.BytesIO(stored_bytes(runtime, job.id, 1)))
     assert png.size == (64, 48) and "Seed: 41" in png.text["parameters"]
     metrics = done.metrics
     assert 0 <= metrics.queue_seconds <= metrics.total_seconds
     assert 0 < metrics.inference_seconds <= metrics.total_seconds
 
-    types = [event["type"] for event in received(channel)]
+    events = channel.drain()
+    types = [event.type for event in events]
     assert types[0] == EventType.STARTED and types[-1] == EventType.COMPLETED
     assert EventType.PROGRESS in types
+    assert events[-1].job == done  # the event carries the job as written
     assert done.progress.step == done.progress.total_steps == 4
 
 
@@ -123,7 +116,7 @@ def test_other_formats_are_stored_under_their_extension(runtime, store) -> None:
     job = submit(store, output_format="webp")
     run_job(job.id, runtime)
     [info] = store.get(job.id).images
-    assert info.content_type == "image/webp"
+    assert info.format == "webp"
     assert Image.open(io.BytesIO(stored_bytes(runtime, job.id, 0, "webp"))).format == "WEBP"
 
 
@@ -135,9 +128,9 @@ def test_image_tasks_read_their_inputs_from_storage(runtime, store) -> None:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         runtime.storage.put(input_key(job_id, name), buffer.getvalue(), "image/png")
-    params = make_params(task="inpaint", init_image_key=input_key(job_id, "init"),
-                         mask_image_key=input_key(job_id, "mask"))
-    submit(store, params, job_id=job_id)
+    submit(store, make_plan(task="inpaint", strength=0.75), job_id=job_id,
+           inputs=JobInputs(init_image_key=input_key(job_id, "init"),
+                            mask_image_key=input_key(job_id, "mask")))
     run_job(job_id, runtime)
     done = store.get(job_id)
     assert done.status is JobStatus.SUCCEEDED, done.error
@@ -147,8 +140,8 @@ def test_image_tasks_read_their_inputs_from_storage(runtime, store) -> None:
 
 def test_missing_input_image_fails_the_job_clearly(runtime, store) -> None:
     job_id = store.new_job_id()
-    submit(store, make_params(task="image-to-image", init_image_key=input_key(job_id, "init")),
-           job_id=job_id)
+    submit(store, make_plan(task="image-to-image", strength=0.5), job_id=job_id,
+           inputs=JobInputs(init_image_key=input_key(job_id, "init")))
     run_job(job_id, runtime)
     done = store.get(job_id)
     assert done.status is JobStatus.FAILED
@@ -156,7 +149,7 @@ def test_missing_input_image_fails_the_job_clearly(runtime, store) -> None:
 
 
 def test_engine_refusal_fails_the_job_with_its_message(runtime, store) -> None:
-    job = submit(store, make_params(model="not-loaded-here"))
+    job = submit(store, make_plan(model="not-loaded-here"))
     run_job(job.id, runtime)
     done = store.get(job.id)
     assert done.status is JobStatus.FAILED
@@ -169,12 +162,13 @@ def runtime_where_user_acts_on_first_progress(
     """The real store, with a user calling ``store.<action>(job_id)`` once progress shows."""
 
     class UserActsOnProgress(JobStore):
-        def update_progress(self, job_id: str, step: int, total_steps: int, eta) -> None:
-            super().update_progress(job_id, step, total_steps, eta)
+        def update_progress(self, job_id: str, step: int, total_steps: int, eta):
+            written = super().update_progress(job_id, step, total_steps, eta)
             getattr(self, action)(job_id)
+            return written
 
     store = UserActsOnProgress(runtime.store._redis, settings)
-    return WorkerRuntime(runtime.engine, store, runtime.storage, settings)
+    return WorkerRuntime(store, runtime.storage, settings, runtime.engine)
 
 
 def test_cancel_while_running_stops_within_a_step(runtime, settings) -> None:
@@ -213,7 +207,7 @@ class TimingOutEngine(GenerationEngine):
 
 
 def test_soft_time_limit_fails_the_job_as_timeout(runtime, store, settings) -> None:
-    runtime = WorkerRuntime(TimingOutEngine({}), store, runtime.storage, settings)
+    runtime = WorkerRuntime(store, runtime.storage, settings, TimingOutEngine({}))
     job = submit(store)
     run_job(job.id, runtime)
     done = store.get(job.id)
@@ -227,9 +221,9 @@ def test_progress_is_throttled_but_first_and_last_steps_always_publish(store) ->
     channel = subscribe(store, job.id)
     report = ProgressReporter(store, job.id, min_interval=60)
     assert [report(step, 10) for step in range(1, 11)] == [False] * 10
-    progress = [e["progress"] for e in received(channel) if e["type"] == EventType.PROGRESS]
-    assert [(p["step"], p["total_steps"]) for p in progress] == [(1, 10), (10, 10)]
-    assert progress[-1]["eta_seconds"] == 0
+    progress = [e.job.progress for e in channel.drain() if e.type is EventType.PROGRESS]
+    assert [(p.step, p.total_steps) for p in progress] == [(1, 10), (10, 10)]
+    assert progress[-1].eta_seconds == 0
     store.request_cancel(job.id)
     assert report(11, 12) is True
 
@@ -240,22 +234,26 @@ def test_celery_task_runs_the_job_with_the_installed_runtime(runtime, store) -> 
     try:
         tasks.generate.apply(args=[job.id]).get()
     finally:
-        tasks.install_runtime(None)
+        tasks._runtime = None
     assert store.get(job.id).status is JobStatus.SUCCEEDED
 
 
-def test_celery_task_fails_the_job_when_the_models_did_not_load(
-    store, settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("LATENTD_REDIS_URL", settings.redis_url)
-    get_settings.cache_clear()
+def test_a_worker_without_models_fails_the_queued_job_directly(runtime, store) -> None:
     job = submit(store)
-    tasks.install_runtime(None, RuntimeError("CUDA out of memory"))
-    try:
-        tasks.generate.apply(args=[job.id]).get()
-    finally:
-        tasks.install_runtime(None)
-        get_settings.cache_clear()
+    channel = subscribe(store, job.id)
+    broken = WorkerRuntime(store, runtime.storage, runtime.settings, engine=None,
+                           load_error="CUDA out of memory")
+    run_job(job.id, broken)
     done = store.get(job.id)
     assert done.status is JobStatus.FAILED
     assert done.error.code == "model_unavailable" and "CUDA out of memory" in done.error.message
+    # No spurious transition: never started, no attempt used, one completed event.
+    assert done.started_at is None and done.attempts == 0
+    assert [e.type for e in channel.drain()] == [EventType.COMPLETED]
+
+
+def test_the_task_refuses_to_run_without_a_runtime(store) -> None:
+    job = submit(store)
+    with pytest.raises(RuntimeError, match="no worker runtime"):
+        tasks.generate.apply(args=[job.id]).get()
+    assert store.get(job.id).status is JobStatus.QUEUED

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -25,13 +24,16 @@ import redis
 from celery import Celery
 from standardwebhooks import Webhook
 
+from scripts.process_commands import WEBHOOK_WORKER, service_commands
 from scripts.service_processes import start_process, stop_process
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
-from shared.schemas import EventType, ImageInfo, Job, JobParams, JobStatus, Metrics, WebhookSpec
+from shared.records import JobRecord, OutputImage
+from shared.schemas import ErrorCode, EventType, Metrics, OutputFormat, WebhookSpec
 from shared.settings import Settings
 from shared.webhooks import WebhookPublisher, enqueue_webhook
-from tests.webhook_receiver import WebhookReceiver
+from tests.factories import make_plan, make_record
+from tests.webhook_receiver import WebhookReceiver, sent_before_marker, wait_past_any_retry
 from worker.webhook_tasks import (
     SECRET_MISSING,
     deliver_and_record,
@@ -44,17 +46,9 @@ SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 WORKER_MAX_ATTEMPTS = 3
 
 
-def make_job(store: JobStore, url: str, events: list[EventType]) -> Job:
-    now = datetime.now(UTC)
-    params = JobParams(
-        task="text-to-image", model="tiny-random", prompt="a cat", negative_prompt=None,
-        width=64, height=64, num_images=1, steps=4, guidance_scale=5.0, scheduler="ddim",
-        seed=1, seeds=[1], strength=0.75, outpaint=None, output_format="png",
-        priority="normal", webhook=WebhookSpec(url=url, events=events),
-    )
-    job = Job(id=store.new_job_id(), owner="alice", status=JobStatus.QUEUED, created_at=now,
-              updated_at=now, request=params)
-    stored, created = store.create(job)
+def make_job(store: JobStore, url: str, events: list[EventType]) -> JobRecord:
+    plan = make_plan(webhook=WebhookSpec(url=url, events=events))
+    stored, created = store.create(make_record(owner="alice", request=plan))
     assert created
     return stored
 
@@ -85,7 +79,7 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def deliver(store: JobStore, http: httpx.Client, settings: Settings, job: Job, url: str,
+def deliver(store: JobStore, http: httpx.Client, settings: Settings, job: JobRecord, url: str,
             attempt: int = 1):
     payload = json.dumps({"type": "job.completed", "data": {"id": job.id}})
     return deliver_and_record(
@@ -129,7 +123,7 @@ def test_redirects_are_not_followed(store, http, settings, receiver) -> None:
     outcome = deliver(store, http, settings, job, receiver.url("/moved"))
     assert (outcome.status_code, outcome.delivered, outcome.retryable) == (302, False, True)
     assert "redirect" in outcome.error
-    time.sleep(0.2)
+    # A followed redirect would have been requested inside the call that just returned.
     assert receiver.requests("/target") == [] and len(receiver.requests("/moved")) == 1
 
 
@@ -215,10 +209,10 @@ def worker(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "LATENTD_WEBHOOK_TIMEOUT_SECONDS": "3",
         "PYTHONUNBUFFERED": "1",
     }
-    name = f"webhooks-test-{os.getpid()}@%h"
-    cmd = [str(Path(sys.executable).parent / "celery"), "-A", "worker.webhook_worker", "worker",
-           "--pool", "threads", "--concurrency", "4", "-Q", "webhooks", "-n", name,
-           "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    command = service_commands(sys.executable, host="127.0.0.1", port=0,
+                               node_tag=f"test-{os.getpid()}", webhook_concurrency=4,
+                               webhook_loglevel="INFO")[WEBHOOK_WORKER]
+    cmd = [*command, "--without-gossip", "--without-mingle", "--without-heartbeat"]
     proc = start_process(cmd, env, log)
     try:
         yield log
@@ -265,8 +259,8 @@ def test_worker_retries_with_the_same_id_until_delivered(worker, publisher_app, 
     assert [(a.attempt, a.status_code, a.delivered) for a in attempts] == [
         (1, 500, False), (2, 200, True)]
     assert (attempts[1].at - attempts[0].at).total_seconds() >= 0.2  # backed off, base 0.2 s
-    time.sleep(1)
-    assert len(receiver.requests(path)) == 2
+    wait_past_any_retry(publisher_app, receiver, job.id, path)
+    assert len(sent_before_marker(receiver, path)) == 2
 
 
 def test_worker_stops_at_410(worker, publisher_app, store, receiver) -> None:
@@ -274,12 +268,12 @@ def test_worker_stops_at_410(worker, publisher_app, store, receiver) -> None:
     receiver.script(path, [410, 200])
     job = make_job(store, receiver.url(path), [EventType.COMPLETED])
     store.mark_running(job.id)
-    done = store.mark_failed(job.id, "boom", "it broke")
+    done = store.mark_failed(job.id, ErrorCode.GENERATION_FAILED, "it broke")
     assert enqueue_webhook(done, EventType.COMPLETED, publisher_app)
     wait_for(receiver, 1, path, worker)
-    time.sleep(2)  # retries here come within 0.4 s: none may come
-    assert len(receiver.requests(path)) == 1
-    [attempt] = wait_for_attempts(store, job.id, 1)
+    wait_past_any_retry(publisher_app, receiver, job.id, path)
+    assert len(sent_before_marker(receiver, path)) == 1
+    attempt = wait_for_attempts(store, job.id, 2)[0]
     assert (attempt.status_code, attempt.delivered) == (410, False)
 
 
@@ -293,8 +287,8 @@ def test_worker_does_not_follow_redirects_and_gives_up(worker, publisher_app, st
     assert enqueue_webhook(done, EventType.COMPLETED, publisher_app)
     wait_for(receiver, WORKER_MAX_ATTEMPTS, path, worker)
     attempts = wait_for_attempts(store, job.id, WORKER_MAX_ATTEMPTS)
-    time.sleep(2)  # the last attempt was the last
-    assert len(receiver.requests(path)) == WORKER_MAX_ATTEMPTS
+    wait_past_any_retry(publisher_app, receiver, job.id, path)  # the last was the last
+    assert len(sent_before_marker(receiver, path)) == WORKER_MAX_ATTEMPTS
     assert receiver.requests(target) == []
     assert [(a.attempt, a.status_code, a.delivered) for a in attempts] == [
         (n, 302, False) for n in range(1, WORKER_MAX_ATTEMPTS + 1)]
@@ -306,13 +300,14 @@ def test_job_store_events_reach_the_receiver(worker, publisher_app, settings, re
     path = unique_path()
     job = make_job(store, receiver.url(path), [EventType.STARTED, EventType.COMPLETED])
     store.mark_running(job.id)
-    store.mark_succeeded(job.id, [ImageInfo(index=0, url="/img/0", seed=1, width=64, height=64,
-                                            content_type="image/png")], Metrics())
+    store.mark_succeeded(job.id, [OutputImage(index=0, seed=1, width=64, height=64,
+                                              format=OutputFormat.PNG)], Metrics())
     requests = wait_for(receiver, 2, path, worker)
     bodies = sorted((Webhook(SECRET).verify(r.body, r.headers) for r in requests),
                     key=lambda b: b["type"])
     assert [b["type"] for b in bodies] == ["job.completed", "job.started"]
-    assert bodies[0]["data"]["status"] == "succeeded" and bodies[0]["data"]["images"]
+    assert bodies[0]["data"]["status"] == "succeeded"
+    assert bodies[0]["data"]["images"][0]["url"] == f"/v1/jobs/{job.id}/images/0"
     assert {r.headers["webhook-id"] for r in requests} == {
         f"evt_{job.id}_started_1", f"evt_{job.id}_completed"}
 

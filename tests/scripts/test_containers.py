@@ -1,24 +1,25 @@
-"""How latentd ships: container definitions, import hygiene, pinned dependencies, README."""
+"""docker-compose.yml and the Dockerfiles: what the containers run, share and publish."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
-import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
-from shared.settings import Settings
+from scripts.process_commands import API, GENERATION_WORKER, WEBHOOK_WORKER, service_commands
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 TEST_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+# Which compose service runs which process of scripts/process_commands.py.
+SERVICE_PROCESSES = {"api": API, "worker": GENERATION_WORKER, "webhook-worker": WEBHOOK_WORKER}
 
 
 def compose() -> dict:
@@ -50,25 +51,38 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def dockerfile_cmd(name: str) -> list[str]:
-    return json.loads(dict(dockerfile_instructions(REPO / name))["CMD"])
+    """The image's CMD (the last one counts), which must be in exec (JSON) form."""
+    cmds = [args for instruction, args in dockerfile_instructions(REPO / name)
+            if instruction == "CMD"]
+    assert cmds, f"{name} has no CMD"
+    return json.loads(cmds[-1])
 
 
-def launcher_commands() -> dict[str, list[str]]:
-    """What ``make run`` starts, minus the interpreter path and the node name."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import run
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return {name: strip_node_name(argv[1:]) for name, argv in run.service_commands("h", 1)}
+def dockerfile_env(name: str) -> dict[str, str]:
+    env = {}
+    for instruction, args in dockerfile_instructions(REPO / name):
+        if instruction == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(args))
+    return env
 
 
-def strip_node_name(argv: list[str]) -> list[str]:
-    """The command without ``python`` and ``-n NAME`` (node names differ by design)."""
-    argv = argv[1:] if argv and argv[0] == "python" else argv
+def container_command(service: str) -> list[str]:
+    """What the compose service runs: its ``command``, or else its image's CMD."""
+    definition = compose()["services"][service]
+    if "command" in definition:
+        return definition["command"]
+    return dockerfile_cmd(definition["build"]["dockerfile"])
+
+
+def node_name(argv: list[str]) -> str | None:
+    return argv[argv.index("-n") + 1] if "-n" in argv else None
+
+
+def without_node_name(argv: list[str]) -> list[str]:
+    """``argv`` with the value of ``-n`` replaced: node names differ by design."""
+    argv = list(argv)
     if "-n" in argv:
-        at = argv.index("-n")
-        argv = argv[:at] + argv[at + 2:]
+        argv[argv.index("-n") + 1] = "<node>"
     return argv
 
 
@@ -98,7 +112,7 @@ def test_redis_persists_every_accepted_job_to_a_named_volume():
 
 def test_services_share_redis_and_the_data_volume():
     services = compose()["services"]
-    for name in ("api", "worker", "webhook-worker"):
+    for name in SERVICE_PROCESSES:
         env = services[name]["environment"]
         assert env["LATENTD_REDIS_URL"] == "redis://redis:6379/0", name
         assert env["LATENTD_DATA_DIR"] == "/data", name
@@ -127,17 +141,31 @@ def test_minio_starts_only_with_the_s3_profile():
     assert [name for name, svc in services.items() if "profiles" in svc] == ["minio"]
 
 
-def test_containers_run_the_same_processes_as_make_run():
-    launcher = launcher_commands()
-    webhook = compose()["services"]["webhook-worker"]
-    assert compose()["services"]["webhook-worker"]["build"]["dockerfile"] == "Dockerfile.api"
-    assert strip_node_name(webhook["command"]) == launcher["webhook worker"]
+# --- the processes: the same commands as make run -----------------------------------------
 
-    assert strip_node_name(dockerfile_cmd("Dockerfile.worker")) == launcher["generation worker"]
 
-    api_cmd = strip_node_name(dockerfile_cmd("Dockerfile.api"))
-    expected = launcher["API"]
-    assert api_cmd[: expected.index("--host")] == expected[: expected.index("--host")]
+def test_containers_run_the_commands_of_the_process_table():
+    """Each service runs scripts/process_commands.py's command for its process, with the
+    container's interpreter ``python``, the API image's LATENTD_HOST/LATENTD_PORT (which
+    compose publishes) and a node name of its own."""
+    services = compose()["services"]
+    api_env = dockerfile_env("Dockerfile.api")
+    host, port = api_env["LATENTD_HOST"], int(api_env["LATENTD_PORT"])
+    assert any(str(mapping).endswith(f":{port}") for mapping in services["api"]["ports"])
+    expected = service_commands("python", host=host, port=port, node_tag="container")
+
+    assert services["webhook-worker"]["build"]["dockerfile"] == "Dockerfile.api"
+    for service, process in SERVICE_PROCESSES.items():
+        assert "entrypoint" not in services[service], service
+        command = container_command(service)
+        assert isinstance(command, list), f"{service}: use the exec (list) form"
+        assert without_node_name(command) == without_node_name(expected[process]), service
+        if node_name(expected[process]) is not None:
+            # %h is the container's hostname: unique per replica.
+            assert "%h" in node_name(command), service
+    for dockerfile in ("Dockerfile.api", "Dockerfile.worker"):
+        instructions = [instruction for instruction, _ in dockerfile_instructions(REPO / dockerfile)]
+        assert "ENTRYPOINT" not in instructions, dockerfile
 
 
 # --- Dockerfiles ----------------------------------------------------------------------------
@@ -167,61 +195,3 @@ def test_api_image_installs_no_torch():
                     if instruction == "RUN")
     assert "pip install" in runs
     assert "torch" not in runs and "[worker" not in runs
-
-
-# --- import hygiene -------------------------------------------------------------------------
-
-
-def imported_modules_after_importing(packages: list[str]) -> set[str]:
-    """Imports every module of ``packages`` in a fresh interpreter; returns sys.modules."""
-    code = textwrap.dedent(f"""
-        import importlib, json, pkgutil, sys
-        for name in {packages!r}:
-            module = importlib.import_module(name)
-            if hasattr(module, "__path__"):
-                for info in pkgutil.walk_packages(module.__path__, name + "."):
-                    importlib.import_module(info.name)
-        print(json.dumps(sorted(sys.modules)))
-    """)
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            check=False, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return {name.split(".")[0] for name in json.loads(result.stdout.splitlines()[-1])}
-
-
-def test_shared_imports_neither_fastapi_nor_torch():
-    loaded = imported_modules_after_importing(["shared"])
-    assert "fastapi" not in loaded
-    assert "torch" not in loaded
-
-
-def test_api_and_webhook_worker_import_no_torch():
-    loaded = imported_modules_after_importing(["api", "worker.webhook_worker"])
-    assert not {"torch", "diffusers", "transformers"} & loaded
-
-
-# --- dependencies and docs ------------------------------------------------------------------
-
-
-def test_pyproject_pins_every_dependency_exactly():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    requirements = list(project["project"]["dependencies"])
-    for extra in project["project"].get("optional-dependencies", {}).values():
-        requirements.extend(extra)
-    requirements.extend(project["build-system"]["requires"])
-    exact_pin = re.compile(r"[A-Za-z0-9._-]+(\[[^\]]*\])?==[\w.+!-]+")
-    unpinned = [r for r in requirements if not exact_pin.fullmatch(r)]
-    assert not unpinned
-
-
-def test_readme_documents_every_setting():
-    readme = (REPO / "README.md").read_text()
-    missing = [f"LATENTD_{name.upper()}" for name in Settings.model_fields
-               if f"LATENTD_{name.upper()}" not in readme]
-    assert not missing
-
-
-def test_readme_leads_with_the_two_commands():
-    readme = (REPO / "README.md").read_text()
-    first_block = readme.split("```")[1]
-    assert "make run" in first_block and "make test" in first_block

@@ -1,0 +1,48 @@
+"""Every Redis key and channel name of the job store, in one place.
+
+Layout (everything a job owns expires with it):
+  latentd:job:<id>            hash: ``doc`` (the immutable part: id, owner, request,
+                              warnings, inputs, metadata), ``status``, ``created_at``,
+                              ``updated_at``, ``started_at``, ``finished_at``, ``progress``,
+                              ``images``, ``error``, ``metrics``, ``attempts``, ``cancel``,
+                              ``queue`` (its queue-position set), ``clock`` (see wire.py)
+  latentd:job:<id>:webhooks   list of WebhookAttempt JSON
+  latentd:owner:<owner>       sorted set of job ids by creation time (listing)
+  latentd:queue:<model>       sorted set of queued job ids by (priority, age) (queue position)
+  latentd:idem:<owner>:<key>  "<job id> <request fingerprint>" for Idempotency-Key
+  latentd:expiry              sorted set of job ids by expiry time (output clean-up)
+  latentd:events:<id>         pub/sub channel of the job's events
+"""
+
+from __future__ import annotations
+
+PREFIX = "latentd"
+EXPIRY_KEY = f"{PREFIX}:expiry"
+# Scripts that find a job by an id they read (an Idempotency-Key's job) build its keys
+# from these two, so the names still live only here.
+JOB_KEY_PREFIX = f"{PREFIX}:job:"
+WEBHOOKS_SUFFIX = ":webhooks"
+
+
+def job_key(job_id: str) -> str:
+    return JOB_KEY_PREFIX + job_id
+
+
+def webhooks_key(job_id: str) -> str:
+    return job_key(job_id) + WEBHOOKS_SUFFIX
+
+
+def owner_key(owner: str) -> str:
+    return f"{PREFIX}:owner:{owner}"
+
+
+def queue_key(model: str) -> str:
+    return f"{PREFIX}:queue:{model}"
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    return f"{PREFIX}:idem:{owner}:{key}"
+
+
+def channel(job_id: str) -> str:
+    return f"{PREFIX}:events:{job_id}"

@@ -1,0 +1,271 @@
+"""The job state machine: ``queued → running → succeeded | failed | canceled``.
+
+Every change is one Lua script (transitions.py) that checks the current status, writes
+the change with its time stamps, reads the whole job back, publishes it on the job's
+channel and returns it (wire.py), all atomically: two racing transitions cannot both
+win, a terminal job never changes, and every transition emits exactly one event carrying
+the job as written. ``JobStore`` is the one door to it, and to the listing, the expiry
+index and the webhook log beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+
+from shared.jobstore import idempotency, keys
+from shared.jobstore.expiry import ExpiryIndex
+from shared.jobstore.idempotency import IdempotencyConflict
+from shared.jobstore.listing import JobListing
+from shared.jobstore.transitions import (
+    CREATE,
+    ID_IN_USE,
+    QUEUE_EPOCH_US,
+    REQUEST_CANCEL,
+    TRANSITION,
+    queue_weight,
+)
+from shared.jobstore.webhook_log import WebhookLog
+from shared.jobstore.wire import READ, decode_event, decode_reply, encode_doc
+from shared.records import JobEvent, JobRecord, OutputImage
+from shared.schemas import (
+    ErrorCode,
+    EventType,
+    JobError,
+    JobStatus,
+    Metrics,
+    Progress,
+    WebhookAttempt,
+)
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EventHook = Callable[[JobRecord, EventType], None]
+
+_CANCELED = JobError(code=ErrorCode.CANCELED, message="the job was canceled")
+
+
+class JobStore:
+    """Create, read and move jobs; every method returns the job as Redis now holds it.
+
+    ``client`` must decode responses (``decode_responses=True``). ``on_event`` is called
+    after each transition with the record it wrote (webhooks hang off it).
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings, on_event: EventHook | None = None):
+        self._redis = client
+        self._ttl = settings.job_ttl_seconds
+        self._max_attempts = settings.task_max_attempts
+        self._on_event = on_event
+        self._create = client.register_script(CREATE)
+        self._transition = client.register_script(TRANSITION)
+        self._request_cancel = client.register_script(REQUEST_CANCEL)
+        self._read = client.register_script(READ)
+        self._listing = JobListing(client, self._read_many)
+        self._expiry = ExpiryIndex(client)
+        self._webhooks = WebhookLog(client)
+
+    @staticmethod
+    def new_job_id() -> str:
+        return "job_" + secrets.token_hex(12)
+
+    @staticmethod
+    def channel(job_id: str) -> str:
+        return keys.channel(job_id)
+
+    @staticmethod
+    def decode_event(data: str | bytes) -> JobEvent:
+        """A message from ``channel(job_id)``: the event and the job as it wrote it."""
+        return decode_event(data)
+
+    # -- creation and reads -------------------------------------------------------
+
+    def create(
+        self,
+        record: JobRecord,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Store a new queued job: ``(job, True)``; ``(earlier job, False)`` when the
+        Idempotency-Key names a live job made from the same ``fingerprint``.
+
+        Only the record's immutable part is taken; the store stamps ``created_at`` and
+        ``updated_at`` on Redis's clock. Raises ``IdempotencyConflict`` when the key's
+        job was made from another body, ``ValueError`` for a record not queued or an id
+        already in use.
+        """
+        if record.status is not JobStatus.QUEUED:
+            raise ValueError("new jobs start queued")
+        idem_key = keys.idempotency_key(record.owner, idempotency_key) if idempotency_key else ""
+        reply = self._create(
+            keys=[keys.job_key(record.id), keys.webhooks_key(record.id),
+                  keys.owner_key(record.owner), keys.queue_key(record.request.model),
+                  idem_key, keys.EXPIRY_KEY],
+            args=[record.id, keys.channel(record.id), encode_doc(record), self._ttl,
+                  queue_weight(record.request.priority),
+                  idempotency.key_record(record.id, fingerprint), fingerprint or "",
+                  keys.JOB_KEY_PREFIX, keys.WEBHOOKS_SUFFIX, QUEUE_EPOCH_US],
+        )
+        if reply[0] == idempotency.CONFLICT:
+            raise IdempotencyConflict(reply[1])
+        if reply[0] == ID_IN_USE:
+            raise ValueError(f"job {record.id} already exists")
+        event = self._applied(reply)
+        assert event is not None
+        return event.job, bool(reply[0])  # published: new; not: the replayed earlier job
+
+    def get(self, job_id: str) -> JobRecord | None:
+        decoded = decode_reply(self._read(keys=self._keys(job_id), args=[job_id]))
+        return None if decoded is None else decoded[0].job
+
+    def list_jobs(
+        self,
+        owner: str,
+        *,
+        status: JobStatus | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> tuple[list[JobRecord], str | None]:
+        """The owner's jobs, newest first, and the next page's cursor (see listing.py)."""
+        return self._listing.list(owner, status=status, cursor=cursor, limit=limit)
+
+    # -- transitions --------------------------------------------------------------
+
+    def mark_running(self, job_id: str) -> JobRecord | None:
+        """Claim a job for a worker, counting an attempt; ``None``: do not run it (it is
+        finished, gone, or has been started too often and is now failed WORKER_LOST)."""
+        worker_lost = JobError(
+            code=ErrorCode.WORKER_LOST,
+            message=f"the job was started {self._max_attempts} times and no worker finished it",
+        )
+        event = self._move(
+            job_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.RUNNING,
+            EventType.STARTED, {"progress": Progress().model_dump_json()},
+            max_attempts=self._max_attempts, exhausted=worker_lost,
+        )
+        return event.job if event is not None and event.type is EventType.STARTED else None
+
+    def update_progress(
+        self, job_id: str, step: int, total_steps: int, eta_seconds: float | None
+    ) -> JobRecord | None:
+        """Record progress; only while running, so a late step cannot touch a finished job."""
+        progress = Progress(step=step, total_steps=total_steps, eta_seconds=eta_seconds)
+        event = self._move(job_id, (JobStatus.RUNNING,), JobStatus.RUNNING, EventType.PROGRESS,
+                           {"progress": progress.model_dump_json()})
+        return None if event is None else event.job
+
+    def mark_succeeded(
+        self, job_id: str, images: list[OutputImage], metrics: Metrics
+    ) -> JobRecord | None:
+        fields = {
+            "images": json.dumps([image.model_dump(mode="json") for image in images]),
+            "metrics": metrics.model_dump_json(),
+        }
+        return self._finish(job_id, JobStatus.SUCCEEDED, fields, (JobStatus.RUNNING,))
+
+    def mark_failed(self, job_id: str, code: ErrorCode, message: str) -> JobRecord | None:
+        """Fail a running job, or a queued one (e.g. its model cannot load: no attempt used)."""
+        error = JobError(code=code, message=message).model_dump_json()
+        return self._finish(job_id, JobStatus.FAILED, {"error": error},
+                            (JobStatus.QUEUED, JobStatus.RUNNING))
+
+    def mark_canceled(self, job_id: str) -> JobRecord | None:
+        return self._finish(job_id, JobStatus.CANCELED, {"error": _CANCELED.model_dump_json()},
+                            (JobStatus.QUEUED, JobStatus.RUNNING))
+
+    def request_cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel now if queued; ask the worker to stop if running; leave terminal jobs be.
+
+        Returns the job as it now stands (``None``: no such job).
+        """
+        event = self._applied(self._request_cancel(
+            keys=self._keys(job_id),
+            args=[job_id, keys.channel(job_id), _CANCELED.model_dump_json()],
+        ))
+        return None if event is None else event.job
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        return self._redis.hget(keys.job_key(job_id), "cancel") == "1"
+
+    # -- the rest -----------------------------------------------------------------
+
+    def delete(self, job_id: str) -> bool:
+        """Remove the job and its index entries (its outputs are the caller's)."""
+        doc, queue = self._redis.hmget(keys.job_key(job_id), ["doc", "queue"])
+        if doc is None:
+            return False
+        pipe = self._redis.pipeline()
+        pipe.delete(keys.job_key(job_id), keys.webhooks_key(job_id))
+        pipe.zrem(keys.owner_key(json.loads(doc)["owner"]), job_id)
+        if queue:
+            pipe.zrem(queue, job_id)
+        pipe.zrem(keys.EXPIRY_KEY, job_id)
+        return pipe.execute()[0] > 0
+
+    def record_webhook_attempt(self, job_id: str, attempt: WebhookAttempt) -> bool:
+        return self._webhooks.record_webhook_attempt(job_id, attempt)
+
+    def pop_expired(self, now: float | None = None, limit: int = 100) -> list[str]:
+        return self._expiry.pop_expired(now, limit)
+
+    def ping(self) -> bool:
+        return bool(self._redis.ping())
+
+    # -- internals ----------------------------------------------------------------
+
+    @staticmethod
+    def _keys(job_id: str) -> list[str]:
+        return [keys.job_key(job_id), keys.webhooks_key(job_id)]
+
+    def _read_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            self._read(keys=self._keys(job_id), args=[job_id], client=pipe)
+        decoded = [decode_reply(reply) for reply in pipe.execute()]
+        return [None if d is None else d[0].job for d in decoded]
+
+    def _finish(
+        self, job_id: str, status: JobStatus, fields: dict[str, str], from_: tuple[JobStatus, ...]
+    ) -> JobRecord | None:
+        event = self._move(job_id, from_, status, EventType.COMPLETED, fields)
+        return None if event is None else event.job
+
+    def _move(
+        self,
+        job_id: str,
+        from_: tuple[JobStatus, ...],
+        to: JobStatus,
+        event_type: EventType,
+        fields: dict[str, str],
+        max_attempts: int = 0,
+        exhausted: JobError | None = None,
+    ) -> JobEvent | None:
+        pairs = [item for field in fields.items() for item in field]
+        reply = self._transition(
+            keys=self._keys(job_id),
+            args=[job_id, keys.channel(job_id), " ".join(from_), to, event_type, max_attempts,
+                  exhausted.model_dump_json() if exhausted else "", *pairs],
+        )
+        return self._applied(reply)
+
+    def _applied(self, reply: Any) -> JobEvent | None:
+        """The event a script answered; runs the hook when the script published it."""
+        decoded = decode_reply(reply)
+        if decoded is None:
+            return None
+        event, published = decoded
+        if published and self._on_event is not None:
+            try:
+                self._on_event(event.job, event.type)
+            except Exception:
+                # The change is stored and announced; a failing hook (webhook queue down)
+                # must not make the caller believe otherwise and retry it.
+                log.exception("event hook failed for %s %s", event.job.id, event.type.value)
+        return event

@@ -1,0 +1,243 @@
+"""A request plus its model's spec → the job's complete plan. Pure: no I/O, no torch.
+
+Everything a job *means* is decided here, once: defaults, sizes (outpaint included),
+every seed, and the strength, scheduler and negative prompt that will actually be used.
+Each rule that joins fields or depends on the model is checked here and refused with
+``PlanError`` naming the field. Where the service must change a request to run it, the
+change is made here and reported as a ``PlanWarning``; the worker then runs the plan as
+it stands and never decides again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.model_registry import GuidanceKind, ModelSpec
+from shared.schemas import MAX_SEED, GenerationRequest, JobPlan, PlanWarning, Task
+
+# Image-to-image and inpaint keep a quarter of the init image's structure by default.
+DEFAULT_STRENGTH = 0.75
+# Outpainting starts the new area from stretched edge pixels, which must not survive:
+# the masked area is always fully re-noised.
+OUTPAINT_STRENGTH = 1.0
+# Classifier-free guidance runs only above this scale (diffusers' pipelines skip the
+# unconditional pass at or below it), so a negative prompt is then unused.
+CFG_THRESHOLD = 1.0
+SIZE_MULTIPLE = 8
+
+
+class PlanError(ValueError):
+    """A request that cannot run as asked; ``field`` is the request field to fix."""
+
+    def __init__(self, field: str, code: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """The plan, what was changed to reach it, and the size each input image must be."""
+
+    plan: JobPlan
+    warnings: list[PlanWarning] = field(default_factory=list)
+    # init/mask images are resized to this once, before storing (outpaint: the inner image).
+    input_size: tuple[int, int] | None = None
+
+
+def plan_job(
+    request: GenerationRequest,
+    spec: ModelSpec,
+    *,
+    init_size: tuple[int, int] | None,
+    random_seed: int,
+) -> PlannedJob:
+    """Resolve ``request`` for ``spec``.
+
+    Args:
+        request: the validated request body (each field within its own bounds).
+        spec: the model the request runs on.
+        init_size: (width, height) of the decoded init image, None when there is none.
+        random_seed: the first seed when the request leaves ``seed`` null.
+    """
+    warnings: list[PlanWarning] = []
+    _check_task(request, spec)
+    _check_inputs(request, init_size)
+    width, height, input_size = _sizes(request, spec, init_size)
+    steps = request.steps or spec.default_steps
+    guidance_scale = (
+        request.guidance_scale if request.guidance_scale is not None
+        else spec.default_guidance_scale
+    )
+    plan = JobPlan(
+        task=request.task,
+        model=spec.name,
+        prompt=request.prompt,
+        negative_prompt=_negative_prompt(request, spec, guidance_scale, warnings),
+        width=width,
+        height=height,
+        num_images=request.num_images,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        scheduler=_scheduler(request, spec),
+        seeds=_seeds(request.seed if request.seed is not None else random_seed,
+                     request.num_images),
+        strength=_strength(request, steps, warnings),
+        outpaint=request.outpaint,
+        output_format=request.output_format,
+        priority=request.priority,
+        webhook=request.webhook,
+    )
+    return PlannedJob(plan=plan, warnings=warnings, input_size=input_size)
+
+
+def _check_task(request: GenerationRequest, spec: ModelSpec) -> None:
+    if request.task not in spec.tasks:
+        tasks = ", ".join(t.value for t in spec.tasks)
+        raise PlanError(
+            "task", "unsupported_task",
+            f"model '{spec.name}' does not support task '{request.task.value}' (supports: {tasks})",
+        )
+
+
+def _check_inputs(request: GenerationRequest, init_size: tuple[int, int] | None) -> None:
+    task = request.task
+    if task is Task.TEXT_TO_IMAGE:
+        for name in ("init_image", "mask_image"):
+            if getattr(request, name) is not None:
+                raise PlanError(name, "unexpected_input",
+                                f"{name} is only used by image tasks, not '{task.value}'")
+    elif request.init_image is None or init_size is None:
+        raise PlanError("init_image", "missing_input",
+                        f"init_image is required for task '{task.value}'")
+    if task is Task.INPAINT and request.mask_image is None:
+        raise PlanError("mask_image", "missing_input", "mask_image is required for task 'inpaint'")
+    if task in (Task.IMAGE_TO_IMAGE, Task.OUTPAINT) and request.mask_image is not None:
+        # Image-to-image has no mask and outpaint makes its own: refuse rather than ignore.
+        raise PlanError("mask_image", "unexpected_input",
+                        f"mask_image is only used by task 'inpaint', not '{task.value}'")
+    margins = request.outpaint
+    if task is Task.OUTPAINT:
+        if margins is None or not (margins.left or margins.right or margins.top or margins.bottom):
+            raise PlanError("outpaint", "missing_input", "outpaint needs at least one non-zero margin")
+    elif margins is not None:
+        raise PlanError("outpaint", "unexpected_input",
+                        "outpaint margins are only used by task 'outpaint'")
+
+
+def _sizes(
+    request: GenerationRequest, spec: ModelSpec, init_size: tuple[int, int] | None
+) -> tuple[int, int, tuple[int, int] | None]:
+    """(output width, output height, input image size) for the task."""
+    if request.task is Task.TEXT_TO_IMAGE:
+        width = request.width or spec.default_width
+        height = request.height or spec.default_height
+        _check_fits(spec, width, height, "width", "height")
+        return width, height, None
+    assert init_size is not None  # _check_inputs guarantees it
+    inner = image_task_size(init_size, request.width, request.height)
+    given = request.width is not None or request.height is not None
+    # A size derived from the image is the image's fault, not the size fields'.
+    fields = ("width", "height") if given else ("init_image", "init_image")
+    width, height = inner
+    if request.task is Task.OUTPAINT:
+        margins = request.outpaint
+        assert margins is not None
+        width += margins.left + margins.right
+        height += margins.top + margins.bottom
+        fields = ("outpaint", "outpaint")
+    _check_fits(spec, width, height, *fields)
+    return width, height, inner
+
+
+def image_task_size(
+    image_size: tuple[int, int], width: int | None, height: int | None
+) -> tuple[int, int]:
+    """The size an image task works at: the requested size, else the image's, to a multiple
+    of 8. With only one side given, the other follows the image's aspect ratio.
+
+    For outpaint this is the size of the init image inside the canvas.
+    """
+    img_w, img_h = image_size
+    if width and height:
+        return width, height
+    if width:
+        return width, _round_down(round(img_h * width / img_w))
+    if height:
+        return _round_down(round(img_w * height / img_h)), height
+    return _round_down(img_w), _round_down(img_h)
+
+
+def _round_down(value: int) -> int:
+    return max(SIZE_MULTIPLE, value - value % SIZE_MULTIPLE)
+
+
+def _check_fits(spec: ModelSpec, width: int, height: int, width_field: str, height_field: str):
+    if width > spec.max_width:
+        raise PlanError(width_field, "size_too_large",
+                        f"width {width} is over model '{spec.name}' maximum of {spec.max_width}")
+    if height > spec.max_height:
+        raise PlanError(height_field, "size_too_large",
+                        f"height {height} is over model '{spec.name}' maximum of {spec.max_height}")
+
+
+def _negative_prompt(
+    request: GenerationRequest, spec: ModelSpec, guidance_scale: float,
+    warnings: list[PlanWarning],
+) -> str | None:
+    negative = request.negative_prompt or None
+    if negative is None:
+        return None
+    if spec.guidance is not GuidanceKind.CLASSIFIER_FREE:
+        reason = (f"model '{spec.name}' has {spec.guidance.value} guidance, which takes no "
+                  "negative prompt")
+    elif guidance_scale <= CFG_THRESHOLD:
+        reason = (f"guidance_scale {guidance_scale} turns classifier-free guidance off, so a "
+                  f"negative prompt has no effect (use a scale above {CFG_THRESHOLD:g})")
+    else:
+        return negative
+    warnings.append(PlanWarning(field="negative_prompt", message=f"dropped: {reason}"))
+    return None
+
+
+def _scheduler(request: GenerationRequest, spec: ModelSpec) -> str:
+    scheduler = request.scheduler or spec.default_scheduler
+    if scheduler not in spec.schedulers:
+        raise PlanError(
+            "scheduler", "unsupported_scheduler",
+            f"model '{spec.name}' does not run scheduler '{scheduler}' "
+            f"(runs: {', '.join(spec.schedulers)})",
+        )
+    return scheduler
+
+
+def _seeds(first: int, count: int) -> list[int]:
+    # Image i depends on its own seed alone, so one image of a job can be re-made.
+    return [(first + i) % (MAX_SEED + 1) for i in range(count)]
+
+
+def _strength(request: GenerationRequest, steps: int, warnings: list[PlanWarning]) -> float | None:
+    task, asked = request.task, request.strength
+    if task is Task.TEXT_TO_IMAGE:
+        if asked is not None:
+            warnings.append(PlanWarning(
+                field="strength", message="ignored: text-to-image starts from pure noise"))
+        return None
+    if task is Task.OUTPAINT:
+        if asked is not None and asked != OUTPAINT_STRENGTH:
+            warnings.append(PlanWarning(
+                field="strength",
+                message=f"set to {OUTPAINT_STRENGTH:g}: outpaint always repaints the new area "
+                        "from noise",
+            ))
+        return OUTPAINT_STRENGTH
+    strength = asked if asked is not None else DEFAULT_STRENGTH
+    # The pipelines run int(steps * strength) denoising steps; zero would fail on the GPU.
+    if int(steps * strength) < 1:
+        raise PlanError(
+            "strength", "no_denoising_steps",
+            f"strength {strength} leaves no denoising steps out of {steps}; "
+            "raise strength or steps",
+        )
+    return strength

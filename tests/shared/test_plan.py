@@ -1,0 +1,141 @@
+"""shared.plan: a request plus its model's spec → the complete plan, every refusal naming
+its field, every change reported as a warning."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.model_registry import BUILTIN_MODELS, EMOJI, TINY_RANDOM, GuidanceKind, ModelSpec
+from shared.plan import DEFAULT_STRENGTH, OUTPAINT_STRENGTH, PlanError, PlannedJob, plan_job
+from shared.schemas import MAX_SEED, GenerationRequest, Task
+
+TINY = BUILTIN_MODELS[TINY_RANDOM]
+IMAGE = "<base64 never decoded by the plan>"
+
+
+def plan(spec: ModelSpec = TINY, init_size: tuple[int, int] | None = None,
+         random_seed: int = 1234, **fields: object) -> PlannedJob:
+    request = GenerationRequest.model_validate({"prompt": "a red fox", **fields})
+    return plan_job(request, spec, init_size=init_size, random_seed=random_seed)
+
+
+def refusal(**kwargs: object) -> PlanError:
+    with pytest.raises(PlanError) as caught:
+        plan(**kwargs)  # type: ignore[arg-type]
+    return caught.value
+
+
+def test_defaults_come_from_the_model_spec() -> None:
+    emoji = BUILTIN_MODELS[EMOJI]
+    result = plan(emoji)
+    p = result.plan
+    assert (p.model, p.width, p.height) == (EMOJI, emoji.default_width, emoji.default_height)
+    assert (p.steps, p.guidance_scale, p.scheduler) == (
+        emoji.default_steps, emoji.default_guidance_scale, emoji.default_scheduler)
+    assert p.strength is None and p.negative_prompt is None and result.warnings == []
+    assert result.input_size is None
+
+
+def test_seeds_follow_the_given_seed_and_wrap_at_2_to_the_32() -> None:
+    assert plan(seed=MAX_SEED, num_images=3).plan.seeds == [MAX_SEED, 0, 1]
+    assert plan(random_seed=77, num_images=2).plan.seeds == [77, 78]
+
+
+def test_image_task_size_follows_the_init_image_and_its_aspect() -> None:
+    common = {"task": "image-to-image", "init_image": IMAGE}
+    assert plan(init_size=(100, 60), **common).plan.model_dump(include={"width", "height"}) == {
+        "width": 96, "height": 56}
+    half = plan(init_size=(200, 100), width=64, **common)
+    assert (half.plan.width, half.plan.height) == (64, 32)
+    assert half.input_size == (64, 32)
+
+
+def test_outpaint_plan_is_the_whole_canvas_and_the_input_is_the_inner_image() -> None:
+    result = plan(task="outpaint", init_image=IMAGE, init_size=(64, 64), width=48, height=32,
+                  outpaint={"left": 16, "right": 8, "top": 0, "bottom": 24})
+    assert (result.plan.width, result.plan.height) == (48 + 24, 32 + 24)
+    assert result.input_size == (48, 32)
+    assert result.plan.strength == OUTPAINT_STRENGTH
+
+
+def test_outpaint_reports_the_strength_it_overrides() -> None:
+    result = plan(task="outpaint", init_image=IMAGE, init_size=(64, 64), strength=0.4,
+                  outpaint={"left": 16})
+    assert result.plan.strength == OUTPAINT_STRENGTH
+    assert [w.field for w in result.warnings] == ["strength"]
+
+
+def test_image_to_image_strength_defaults_and_must_leave_a_step() -> None:
+    common = {"task": "image-to-image", "init_image": IMAGE, "init_size": (64, 64)}
+    assert plan(**common).plan.strength == DEFAULT_STRENGTH
+    err = refusal(steps=3, strength=0.2, **common)
+    assert (err.field, err.code) == ("strength", "no_denoising_steps")
+
+
+def test_strength_on_text_to_image_is_dropped_with_a_warning() -> None:
+    result = plan(strength=0.5)
+    assert result.plan.strength is None
+    assert [w.field for w in result.warnings] == ["strength"]
+
+
+def test_negative_prompt_is_kept_under_classifier_free_guidance() -> None:
+    result = plan(negative_prompt="blurry", guidance_scale=5)
+    assert result.plan.negative_prompt == "blurry" and result.warnings == []
+
+
+def test_negative_prompt_is_dropped_when_guidance_is_off_and_the_job_says_so() -> None:
+    result = plan(negative_prompt="blurry", guidance_scale=1)
+    assert result.plan.negative_prompt is None
+    [warning] = result.warnings
+    assert warning.field == "negative_prompt" and "guidance_scale 1" in warning.message
+
+
+def test_negative_prompt_is_dropped_for_a_guidance_distilled_model() -> None:
+    distilled = TINY.model_copy(update={"guidance": GuidanceKind.DISTILLED})
+    result = plan(distilled, negative_prompt="blurry")
+    assert result.plan.negative_prompt is None
+    assert "distilled" in result.warnings[0].message
+
+
+def test_scheduler_outside_the_models_family_is_refused_naming_the_field() -> None:
+    flow = TINY.model_copy(update={"schedulers": ["flow_match_euler"],
+                                   "default_scheduler": "flow_match_euler"})
+    assert plan(flow).plan.scheduler == "flow_match_euler"
+    err = refusal(spec=flow, scheduler="ddim")
+    assert (err.field, err.code) == ("scheduler", "unsupported_scheduler")
+    assert refusal(scheduler="flow_match_euler").field == "scheduler"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "code"),
+    [
+        ({"task": "image-to-image"}, "init_image", "missing_input"),
+        ({"task": "inpaint", "init_image": IMAGE, "init_size": (64, 64)}, "mask_image",
+         "missing_input"),
+        ({"init_image": IMAGE}, "init_image", "unexpected_input"),
+        ({"mask_image": IMAGE}, "mask_image", "unexpected_input"),
+        ({"task": "image-to-image", "init_image": IMAGE, "init_size": (64, 64),
+          "mask_image": IMAGE}, "mask_image", "unexpected_input"),
+        ({"task": "outpaint", "init_image": IMAGE, "init_size": (64, 64)}, "outpaint",
+         "missing_input"),
+        ({"task": "outpaint", "init_image": IMAGE, "init_size": (64, 64),
+          "outpaint": {"left": 0}}, "outpaint", "missing_input"),
+        ({"outpaint": {"left": 8}}, "outpaint", "unexpected_input"),
+        ({"width": 4096}, "width", "size_too_large"),
+        ({"height": 4096}, "height", "size_too_large"),
+        ({"task": "image-to-image", "init_image": IMAGE, "init_size": (2000, 64)}, "init_image",
+         "size_too_large"),
+        ({"task": "outpaint", "init_image": IMAGE, "init_size": (500, 64),
+          "outpaint": {"left": 24}}, "outpaint", "size_too_large"),
+    ],
+)
+def test_cross_field_rules_name_their_field(fields: dict, field: str, code: str) -> None:
+    err = refusal(**fields)
+    assert (err.field, err.code) == (field, code), err.message
+
+
+def test_a_task_the_model_does_not_list_is_refused() -> None:
+    text_only = TINY.model_copy(update={"tasks": [Task.TEXT_TO_IMAGE]})
+    err = refusal(spec=text_only, task="inpaint", init_image=IMAGE, mask_image=IMAGE,
+                  init_size=(64, 64))
+    assert (err.field, err.code) == ("task", "unsupported_task")

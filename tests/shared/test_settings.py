@@ -1,0 +1,50 @@
+"""shared.settings: one place reads LATENTD_*; a bad value is one line naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import Settings, get_settings
+
+
+def test_get_settings_names_a_variable_that_is_not_json(monkeypatch, capsys):
+    monkeypatch.setenv("LATENTD_MODELS", "{not json")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("latentd: invalid configuration: LATENTD_MODELS: not valid JSON (")
+
+
+def test_get_settings_reports_each_invalid_value_on_its_own_line(monkeypatch, capsys):
+    monkeypatch.setenv("LATENTD_PORT", "eighty")
+    monkeypatch.setenv("LATENTD_TORCH_THREADS", "0")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("latentd: invalid configuration: LATENTD_PORT: ")
+    assert lines[1].startswith("latentd: invalid configuration: LATENTD_TORCH_THREADS: ")
+
+
+def test_time_limits_must_nest() -> None:
+    with pytest.raises(ValueError, match="LATENTD_TASK_SOFT_TIME_LIMIT must be below"):
+        Settings(task_soft_time_limit=700, task_time_limit=660)
+    with pytest.raises(ValueError, match="LATENTD_BROKER_VISIBILITY_TIMEOUT must be above"):
+        Settings(broker_visibility_timeout=600)
+
+
+def test_worker_models_are_a_comma_separated_list() -> None:
+    assert Settings(worker_models="emoji, tiny-random,").served_models == ["emoji", "tiny-random"]
+    assert Settings(default_model="tiny-random").served_models == ["tiny-random"]
