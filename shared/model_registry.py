@@ -87,21 +87,8 @@ class ModelSpec(BaseModel):
         return self.source.startswith(EMBEDDED_PREFIX)
 
     def info(self) -> ModelInfo:
-        return ModelInfo(
-            name=self.name,
-            source=self.source,
-            tasks=self.tasks,
-            default_width=self.default_width,
-            default_height=self.default_height,
-            max_width=self.max_width,
-            max_height=self.max_height,
-            default_steps=self.default_steps,
-            default_guidance_scale=self.default_guidance_scale,
-            default_scheduler=self.default_scheduler,
-            schedulers=self.schedulers,
-            guidance=self.guidance.value,
-            description=self.description,
-        )
+        """What ``/v1/models`` shows of this spec."""
+        return ModelInfo.model_validate(self.model_dump(include=set(ModelInfo.model_fields)))
 
 
 BUILTIN_MODELS: dict[str, ModelSpec] = {

@@ -7,24 +7,9 @@ the image records, so no worker ever writes an API path.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from pydantic import BaseModel, Field
 
-from shared.schemas import (
-    EventType,
-    ImageInfo,
-    Job,
-    JobError,
-    JobPlan,
-    JobStatus,
-    Metrics,
-    OutputFormat,
-    PlanWarning,
-    Progress,
-    WebhookAttempt,
-)
+from shared.schemas import EventType, ImageInfo, Job, JobBase, OutputFormat
 
 
 class JobInputs(BaseModel):
@@ -44,27 +29,12 @@ class OutputImage(BaseModel):
     format: OutputFormat
 
 
-class JobRecord(BaseModel):
+class JobRecord(JobBase):
     """A job as the store keeps it; only ``shared.jobstore`` writes one."""
 
-    id: str
     owner: str
-    status: JobStatus
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    updated_at: datetime
-    progress: Progress = Field(default_factory=Progress)
-    queue_position: int | None = None
-    request: JobPlan
-    warnings: list[PlanWarning] = Field(default_factory=list)
     inputs: JobInputs = Field(default_factory=JobInputs)
     images: list[OutputImage] = Field(default_factory=list)
-    error: JobError | None = None
-    metrics: Metrics = Field(default_factory=Metrics)
-    metadata: dict[str, Any] | None = None
-    webhook_attempts: list[WebhookAttempt] = Field(default_factory=list)
-    attempts: int = 0
 
 
 class JobEvent(BaseModel):
@@ -80,18 +50,10 @@ def image_path(job_id: str, index: int) -> str:
 
 
 def public_job(record: JobRecord) -> Job:
-    """The job as clients see it: no owner, no storage keys."""
+    """The job as clients see it: no owner, no storage keys, image URLs instead of formats."""
+    shared = {name: getattr(record, name) for name in JobBase.model_fields}
     return Job(
-        id=record.id,
-        status=record.status,
-        created_at=record.created_at,
-        started_at=record.started_at,
-        finished_at=record.finished_at,
-        updated_at=record.updated_at,
-        progress=record.progress,
-        queue_position=record.queue_position,
-        request=record.request,
-        warnings=record.warnings,
+        **shared,
         images=[
             ImageInfo(
                 index=image.index,
@@ -103,9 +65,4 @@ def public_job(record: JobRecord) -> Job:
             )
             for image in record.images
         ],
-        error=record.error,
-        metrics=record.metrics,
-        metadata=record.metadata,
-        webhook_attempts=record.webhook_attempts,
-        attempts=record.attempts,
     )

@@ -244,8 +244,8 @@ class ImageInfo(BaseModel):
     content_type: str
 
 
-class Job(BaseModel):
-    """A job as the API returns it and webhooks carry it (no storage keys, no internals)."""
+class JobBase(BaseModel):
+    """What the stored record and the public job have in common."""
 
     id: str
     status: JobStatus
@@ -257,12 +257,17 @@ class Job(BaseModel):
     queue_position: int | None = None
     request: JobPlan
     warnings: list[PlanWarning] = Field(default_factory=list)
-    images: list[ImageInfo] = Field(default_factory=list)
     error: JobError | None = None
     metrics: Metrics = Field(default_factory=Metrics)
     metadata: dict[str, Any] | None = None
     webhook_attempts: list[WebhookAttempt] = Field(default_factory=list)
     attempts: int = 0
+
+
+class Job(JobBase):
+    """A job as the API returns it and webhooks carry it (no storage keys, no internals)."""
+
+    images: list[ImageInfo] = Field(default_factory=list)
 
 
 class JobPage(BaseModel):

@@ -7,32 +7,27 @@ import pytest
 from shared.settings import Settings, get_settings
 
 
-def test_get_settings_names_a_variable_that_is_not_json(monkeypatch, capsys):
-    monkeypatch.setenv("LATENTD_MODELS", "{not json")
+def refusal_lines(monkeypatch, capsys, **env: str) -> list[str]:
+    """What ``get_settings()`` prints to stderr before exiting 2 with ``env`` set."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
         with pytest.raises(SystemExit) as exited:
             get_settings()
     finally:
         get_settings.cache_clear()
-
     assert exited.value.code == 2
-    [line] = capsys.readouterr().err.splitlines()
+    return capsys.readouterr().err.splitlines()
+
+
+def test_get_settings_names_a_variable_that_is_not_json(monkeypatch, capsys):
+    [line] = refusal_lines(monkeypatch, capsys, LATENTD_MODELS="{not json")
     assert line.startswith("latentd: invalid configuration: LATENTD_MODELS: not valid JSON (")
 
 
 def test_get_settings_reports_each_invalid_value_on_its_own_line(monkeypatch, capsys):
-    monkeypatch.setenv("LATENTD_PORT", "eighty")
-    monkeypatch.setenv("LATENTD_TORCH_THREADS", "0")
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(SystemExit) as exited:
-            get_settings()
-    finally:
-        get_settings.cache_clear()
-
-    assert exited.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
+    lines = refusal_lines(monkeypatch, capsys, LATENTD_PORT="eighty", LATENTD_TORCH_THREADS="0")
     assert len(lines) == 2, lines
     assert lines[0].startswith("latentd: invalid configuration: LATENTD_PORT: ")
     assert lines[1].startswith("latentd: invalid configuration: LATENTD_TORCH_THREADS: ")
