@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import redis
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
+from api.services.auth import Caller
 from api.services.events import JobEvents
 from api.services.jobs import JobService
 from api.state import AppState
@@ -18,8 +19,6 @@ from shared.jobstore import JobStore
 from shared.model_registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import Storage
-
-PUBLIC_OWNER = "public"
 
 
 def get_state(request: Request) -> AppState:
@@ -50,9 +49,15 @@ def get_redis(state: StateDep) -> redis.Redis:
     return state.redis
 
 
-def get_owner() -> str:
-    """Who is calling. No auth yet: everyone is "public"; an API-key check slots in here."""
-    return PUBLIC_OWNER
+def get_caller(
+    state: StateDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Caller:
+    """Who is calling (their API key), counted against their request rate."""
+    caller = state.auth.caller(authorization, x_api_key)
+    state.rate.hit(caller.owner)
+    return caller
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -60,19 +65,20 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
-OwnerDep = Annotated[str, Depends(get_owner)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 def get_job_service(state: StateDep) -> JobService:
     return JobService(settings=state.settings, store=state.store, storage=state.storage,
-                      registry=state.registry, celery=state.celery)
+                      registry=state.registry, celery=state.celery,
+                      availability=state.availability, queue_caps=state.queue_caps)
 
 
 JobServiceDep = Annotated[JobService, Depends(get_job_service)]
 
 
 def get_job_events(state: StateDep) -> JobEvents:
-    return JobEvents(redis=state.event_redis, store=state.store)
+    return JobEvents(hub=state.events, store=state.store)
 
 
 JobEventsDep = Annotated[JobEvents, Depends(get_job_events)]

@@ -64,8 +64,13 @@ class TooLarge(ApiError):
 
 
 class NotFound(ApiError):
-    def __init__(self, message: str, code: str = "not_found"):
-        super().__init__(404, code, message)
+    def __init__(self, message: str, code: str = "not_found", field: str | None = None):
+        super().__init__(404, code, message, field)
+
+
+class Forbidden(ApiError):
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(403, "forbidden", message, field)
 
 
 class Conflict(ApiError):
@@ -110,15 +115,36 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
 
     if kind == "json_invalid":
         detail = first.get("ctx", {}).get("error", "malformed JSON")
-        return error_response(400, "invalid_json", f"the body is not valid JSON: {detail}")
+        # FastAPI reports the character offset where parsing stopped as the location.
+        position = next((p for p in first.get("loc", ())[1:] if isinstance(p, int)), None)
+        where = f" at character {position}" if position is not None else ""
+        return error_response(400, "invalid_json",
+                              f"the body is not valid JSON{where}: {detail}", "body")
     if kind == "missing" and field is None:
-        return error_response(422, "missing_body", "a JSON request body is required")
+        return error_response(422, "missing_body", "a JSON request body is required", "body")
+    if field is None and kind in ("model_attributes_type", "dict_type", "model_type"):
+        return error_response(422, "invalid_request", "the body must be a JSON object", "body")
     if kind == "extra_forbidden":
         return error_response(422, "unknown_field", f"unknown field '{field}'{more}", field)
     if kind == "string_too_long" and field in _SIZE_LIMITED_FIELDS:
         return error_response(413, "image_too_large", f"{field} is larger than 10 MB", field)
     message = f"{field}: {raw_message}" if field else raw_message
     return error_response(422, "invalid_request", message + more, field)
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    methods: set[str] = set()
+    routes = list(app.router.routes)
+    while routes:
+        route = routes.pop()
+        included = getattr(route, "original_router", None)  # an included APIRouter
+        if included is not None:
+            routes.extend(included.routes)
+            continue
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(request.url.path):
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -133,10 +159,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return _validation_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES_BY_STATUS.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; one path may have
+            # several routes (GET and DELETE /v1/jobs/{id}), so list them all.
+            headers["Allow"] = ", ".join(_allowed_methods(app, request))
+        return error_response(exc.status_code, code, message, headers=headers)
 
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)

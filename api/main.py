@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import error_response, install_error_handlers
 from api.routes import health, jobs, models
 from api.services.expiry import sweep_forever
+from api.services.reaper import reap_forever
 from api.state import build_app_state
 from shared.schemas import MAX_IMAGE_B64_CHARS
 from shared.settings import Settings, get_settings
@@ -63,6 +65,24 @@ class BodySizeLimit:
         return f"request body is larger than {self.max_bytes // (1024 * 1024)} MB"
 
 
+def document_served_models(app: FastAPI) -> None:
+    """List the registered model names in the schema of ``model`` (known once started)."""
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        schema = build_schema()
+        state = getattr(app.state, "latentd", None)
+        if fresh and state is not None:
+            model = schema["components"]["schemas"]["GenerationRequest"]["properties"]["model"]
+            for choice in model.get("anyOf", [model]):
+                if choice.get("type") == "string":
+                    choice["enum"] = state.registry.names()
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; its objects are built at startup from ``settings`` (default: the environment)."""
 
@@ -77,12 +97,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise InvalidConfiguration(str(exc)) from None
         app.state.latentd = state
         sweeper = asyncio.create_task(sweep_forever(state.store, state.storage))
+        reaper = asyncio.create_task(
+            reap_forever(state.store, state.celery, state.settings.reaper_interval_seconds))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, reaper):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             await state.aclose()
 
     app = FastAPI(
@@ -92,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Self-hosted text-to-image: queue diffusion jobs, follow them, fetch images.",
         docs_url="/docs",
     )
+    document_served_models(app)
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(models.router)

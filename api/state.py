@@ -13,6 +13,10 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
+from api.services.auth import Authenticator
+from api.services.event_hub import EventHub
+from api.services.quotas import QueueCaps, RequestRate
+from api.services.status import ModelAvailability
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
 from shared.model_registry import ModelRegistry
@@ -28,12 +32,18 @@ class AppState:
     settings: Settings
     registry: ModelRegistry
     redis: redis.Redis  # synchronous: the job store and quick reads
-    event_redis: aioredis.Redis  # asyncio: pub/sub waits, on the serving event loop
+    event_redis: aioredis.Redis  # asyncio, on the serving event loop
+    events: EventHub  # the one pub/sub connection every SSE stream and wait shares
     celery: Celery
     store: JobStore
     storage: Storage
+    availability: ModelAvailability
+    auth: Authenticator
+    rate: RequestRate
+    queue_caps: QueueCaps
 
     async def aclose(self) -> None:
+        await self.events.aclose()
         await self.event_redis.aclose()
         self.redis.close()
 
@@ -43,12 +53,18 @@ def build_app_state(settings: Settings) -> AppState:
     registry = ModelRegistry.from_settings(settings)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     celery = make_celery(settings)
+    event_redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     return AppState(
         settings=settings,
         registry=registry,
         redis=client,
-        event_redis=aioredis.Redis.from_url(settings.redis_url, decode_responses=True),
+        event_redis=event_redis,
+        events=EventHub(event_redis, settings.max_streams, settings.max_streams_per_key),
         celery=celery,
         store=JobStore(client, settings, on_event=WebhookPublisher(client, celery)),
         storage=get_storage(settings),
+        availability=ModelAvailability(client),
+        auth=Authenticator.from_settings(settings, client),
+        rate=RequestRate(settings),
+        queue_caps=QueueCaps(client, settings, registry.names()),
     )

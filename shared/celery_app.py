@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from celery import Celery
 
+from shared.priorities import PRIORITY_LEVELS
 from shared.schemas import Priority
 from shared.settings import Settings
 
 GENERATE_TASK = "latentd.generate"
 DELIVER_WEBHOOK_TASK = "latentd.deliver_webhook"
 WEBHOOK_QUEUE = "webhooks"
-
-# Kombu's Redis transport emulates priorities with one list per step and serves
-# lower numbers first, so "high" is the smallest number.
-PRIORITY_LEVELS = {Priority.HIGH: 0, Priority.NORMAL: 5, Priority.LOW: 9}
-
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("latentd", broker=settings.redis_url)

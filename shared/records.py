@@ -7,9 +7,14 @@ the image records, so no worker ever writes an API path.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from urllib.parse import urlsplit, urlunsplit
 
-from shared.schemas import EventType, ImageInfo, Job, JobBase, OutputFormat
+from pydantic import AnyHttpUrl, BaseModel, Field
+
+from shared.schemas import EventType, ImageInfo, Job, JobBase, JobPlan, OutputFormat
+
+# What stands in for a URL's hidden parts in the public view.
+REDACTED = "***"
 
 
 class JobInputs(BaseModel):
@@ -34,6 +39,9 @@ class JobRecord(JobBase):
 
     owner: str
     inputs: JobInputs = Field(default_factory=JobInputs)
+    # The Celery priority it is queued at (0 first): its priority's band, placed in the
+    # band by fair share (shared.celery_app.queue_level); None: the band's first level.
+    queue_level: int | None = Field(None, ge=0, le=9)
     images: list[OutputImage] = Field(default_factory=list)
 
 
@@ -49,9 +57,35 @@ def image_path(job_id: str, index: int) -> str:
     return f"/v1/jobs/{job_id}/images/{index}"
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its userinfo and query string replaced by ``***``.
+
+    Both are where credentials go (``https://user:token@host/hook?sig=...``), and the
+    public job is shown in responses, event streams and webhook bodies, logged and
+    forwarded by whoever receives them. Scheme, host, port and path stay, so the job
+    still says where its events go.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    query = REDACTED if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _public_plan(plan: JobPlan) -> JobPlan:
+    if plan.webhook is None:
+        return plan
+    # The stored plan keeps the real URL: delivery reads it from the record.
+    url = AnyHttpUrl(redact_url(str(plan.webhook.url)))
+    return plan.model_copy(update={"webhook": plan.webhook.model_copy(update={"url": url})})
+
+
 def public_job(record: JobRecord) -> Job:
-    """The job as clients see it: no owner, no storage keys, image URLs instead of formats."""
+    """The job as clients see it: no owner, no storage keys, image URLs instead of formats,
+    and the webhook URL without its credentials or query."""
     shared = {name: getattr(record, name) for name in JobBase.model_fields}
+    shared["request"] = _public_plan(record.request)
     return Job(
         **shared,
         images=[

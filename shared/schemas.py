@@ -11,6 +11,8 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 MAX_PROMPT_CHARS = 2000
 MAX_METADATA_BYTES = 4096
+# Deep nesting costs recursion in every encoder on the way (and 300 levels crashed one).
+MAX_METADATA_DEPTH = 8
 MAX_SEED = 2**32 - 1
 # Base64 of a 10 MB file is ~13.4 MB of text; the decoded size is checked again later.
 MAX_IMAGE_B64_CHARS = (10 * 1024 * 1024 * 4) // 3 + 4
@@ -88,10 +90,10 @@ class OutpaintMargins(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    left: int = Field(0, ge=0, le=1024, multiple_of=8)
-    right: int = Field(0, ge=0, le=1024, multiple_of=8)
-    top: int = Field(0, ge=0, le=1024, multiple_of=8)
-    bottom: int = Field(0, ge=0, le=1024, multiple_of=8)
+    left: int = Field(0, ge=0, le=1024, multiple_of=8, strict=True)
+    right: int = Field(0, ge=0, le=1024, multiple_of=8, strict=True)
+    top: int = Field(0, ge=0, le=1024, multiple_of=8, strict=True)
+    bottom: int = Field(0, ge=0, le=1024, multiple_of=8, strict=True)
 
 
 class WebhookSpec(BaseModel):
@@ -121,16 +123,17 @@ class GenerationRequest(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=100)
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
-    width: int | None = Field(None, ge=8, multiple_of=8)
-    height: int | None = Field(None, ge=8, multiple_of=8)
-    num_images: int = Field(1, ge=1, le=8)
-    steps: int | None = Field(None, ge=1, le=150)
-    guidance_scale: float | None = Field(None, ge=0, le=30)
+    # Numbers are strict: JSON true/false or "3" are refused, not read as 1, 0 or 3.
+    width: int | None = Field(None, ge=8, multiple_of=8, strict=True)
+    height: int | None = Field(None, ge=8, multiple_of=8, strict=True)
+    num_images: int = Field(1, ge=1, le=8, strict=True)
+    steps: int | None = Field(None, ge=1, le=150, strict=True)
+    guidance_scale: float | None = Field(None, ge=0, le=30, strict=True)
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True)
     init_image: str | None = Field(None, max_length=MAX_IMAGE_B64_CHARS)
     mask_image: str | None = Field(None, max_length=MAX_IMAGE_B64_CHARS)
-    strength: float | None = Field(None, gt=0, le=1)
+    strength: float | None = Field(None, gt=0, le=1, strict=True)
     outpaint: OutpaintMargins | None = None
     output_format: OutputFormat = OutputFormat.PNG
     priority: Priority = Priority.NORMAL
@@ -140,9 +143,28 @@ class GenerationRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
-        if metadata is not None and len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        if metadata is None:
+            return None
+        # Depth first: json.dumps of a very deep value would itself recurse too far.
+        if _depth(metadata) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata may nest at most {MAX_METADATA_DEPTH} levels deep")
+        if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
             raise ValueError(f"metadata must serialise to at most {MAX_METADATA_BYTES} bytes")
         return metadata
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (a hostile one may be very deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_METADATA_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class PlanWarning(BaseModel):
@@ -268,6 +290,11 @@ class Job(JobBase):
     """A job as the API returns it and webhooks carry it (no storage keys, no internals)."""
 
     images: list[ImageInfo] = Field(default_factory=list)
+
+
+# Job ids are "job_" + 24 hex digits (shared.jobstore.JobStore.new_job_id); anything else
+# is refused before it reaches a Redis key.
+JOB_ID_PATTERN = r"^job_[0-9a-f]{24}$"
 
 
 class JobPage(BaseModel):

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.heartbeat import HEARTBEAT_INTERVAL_SECONDS, MISSED_BEATS
 from shared.model_registry import DEFAULT_MODEL
 
 
@@ -33,9 +34,24 @@ class Settings(BaseSettings):
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1, le=256)
 
+    # Callers. Keys made with `latentd keys create` live in Redis; these add keys by
+    # configuration: a file of "<name> <secret> [admin]" lines, and one admin secret.
+    api_keys_file: Path | None = None
+    admin_key: str | None = Field(None, min_length=16)
+    # Requests per key (and for the keyless "public" caller), in the `limits` package's
+    # notation, e.g. "600/minute"; unset: no rate limit.
+    rate_limit: str | None = None
+    # Queued jobs per key, and in all per model, before submits are refused (429/503).
+    max_queued_jobs_per_key: int = Field(1000, ge=1)
+    max_queued_jobs: int = Field(10_000, ge=1)
+
     # Jobs.
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     max_wait_seconds: int = Field(60, ge=0, le=600)
+    # Followers (SSE streams and Prefer: wait) per API process, in all and per key: each
+    # holds a request open and a slot in the process's one pub/sub connection.
+    max_streams: int = Field(1000, ge=1, le=100_000)
+    max_streams_per_key: int = Field(100, ge=1, le=100_000)
 
     # Long GPU tasks: soft limit raises inside the task (job marked failed), hard
     # limit kills the process; the broker must not redeliver a task still running,
@@ -44,6 +60,12 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(660, ge=1)
     broker_visibility_timeout: int = Field(3600, ge=1)
     task_max_attempts: int = Field(3, ge=1, le=20)
+    # A worker process beats every heartbeat interval (its key lives three of them); the
+    # reaper in each API process looks at the running jobs every reaper interval and takes
+    # back those whose worker stopped beating, or that ran past the hard limit + grace.
+    heartbeat_interval_seconds: float = Field(HEARTBEAT_INTERVAL_SECONDS, ge=0.1, le=60)
+    reaper_interval_seconds: float = Field(10.0, ge=0.1, le=600)
+    reaper_grace_seconds: float = Field(60.0, ge=0, le=3600)
 
     # Webhooks (Standard Webhooks). The secret is "whsec_" + base64.
     webhook_secret: str | None = None
@@ -72,6 +94,15 @@ class Settings(BaseSettings):
                 "LATENTD_BROKER_VISIBILITY_TIMEOUT must be above LATENTD_TASK_TIME_LIMIT, "
                 "or Redis redelivers tasks that are still running"
             )
+        if self.rate_limit is not None:
+            from limits import parse  # the same parser the limiter uses
+
+            try:
+                parse(self.rate_limit)
+            except ValueError:
+                raise ValueError(
+                    f"LATENTD_RATE_LIMIT {self.rate_limit!r} is not a rate like '600/minute'"
+                ) from None
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("LATENTD_WEBHOOK_SECRET must look like 'whsec_<base64>'")
         return self
@@ -80,6 +111,11 @@ class Settings(BaseSettings):
     def served_models(self) -> list[str]:
         """Models a generation worker started with these settings loads."""
         return self.worker_models or [self.default_model]
+
+    @property
+    def heartbeat_ttl_seconds(self) -> float:
+        """How long a worker's heartbeat outlives its last beat: three missed beats."""
+        return MISSED_BEATS * self.heartbeat_interval_seconds
 
     @property
     def images_dir(self) -> Path:

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import socket
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,13 +47,45 @@ class WebhookHostUnresolvable(ValueError):
     """The URL's host did not resolve; may be transient (DNS), so delivery retries it."""
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where one delivery attempt may connect: the URL's host and port, and the addresses
+    the host resolved to when it was checked. Delivery connects to these and never looks
+    the name up again, so a DNS answer that changes after the check (rebinding) cannot
+    steer the request elsewhere."""
+
+    host: str
+    port: int
+    # As the resolver gave them (an IPv6 zone kept, so link-local still connects), in its
+    # order, without repeats.
+    addresses: tuple[str, ...]
+
+
 def check_webhook_url(url: str, settings: Settings) -> None:
     """Raise ValueError unless ``url`` is http(s) and, unless allowed, points at public addresses.
 
     Every address the host resolves to must be public, or a name with one private
     record could still steer the request inside. Checked at submit time and again
-    before each delivery attempt, because DNS answers change.
+    before each delivery attempt (``resolve_webhook_target``), because DNS answers change.
     """
+    host, port = _host_and_port(url)
+    if not settings.webhook_allow_private:
+        _vetted_addresses(host, port, settings)
+
+
+def resolve_webhook_target(url: str, settings: Settings) -> WebhookTarget:
+    """Resolve the URL's host once and vet every address; the attempt connects only to these.
+
+    Resolved even when private targets are allowed: the connection is pinned either way.
+    """
+    host, port = _host_and_port(url)
+    return WebhookTarget(host, port, _vetted_addresses(host, port, settings))
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise WebhookURLRefused(f"webhook url must use http or https, not '{parts.scheme}'")
@@ -63,20 +96,25 @@ def check_webhook_url(url: str, settings: Settings) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise WebhookURLRefused(f"webhook url has an invalid port: {exc}") from None
-    if settings.webhook_allow_private:
-        return
-    for address in _resolve(host, port):
-        if not _is_public(address):
-            raise WebhookURLRefused(
-                f"webhook url host '{host}' resolves to non-public address {address}; "
-                "set LATENTD_WEBHOOK_ALLOW_PRIVATE=true to allow local receivers"
-            )
+    return host, port
 
 
-def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def _vetted_addresses(host: str, port: int, settings: Settings) -> tuple[str, ...]:
+    addresses = _resolve(host, port)
+    if not settings.webhook_allow_private:
+        for address in addresses:
+            if not _is_public(_ip(address)):
+                raise WebhookURLRefused(
+                    f"webhook url host '{host}' resolves to non-public address {address}; "
+                    "set LATENTD_WEBHOOK_ALLOW_PRIVATE=true to allow local receivers"
+                )
+    return addresses
+
+
+def _resolve(host: str, port: int) -> tuple[str, ...]:
     try:
         # Literal IPs need no DNS; the zone of a link-local IPv6 ("fe80::1%eth0") is dropped.
-        return [ipaddress.ip_address(host.split("%", 1)[0])]
+        return (str(ipaddress.ip_address(host.split("%", 1)[0])),)
     except ValueError:
         pass
     try:
@@ -85,13 +123,28 @@ def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv
         raise WebhookHostUnresolvable(
             f"webhook url host '{host}' does not resolve: {exc}"
         ) from None
-    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    # "::ffff:127.0.0.1" reaches 127.0.0.1, so judge the IPv4 address it maps to.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+def _ip(address: str) -> IPAddress:
+    return ipaddress.ip_address(address.split("%", 1)[0])
+
+
+def _is_public(address: IPAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address):
+        # "::ffff:127.0.0.1" reaches 127.0.0.1, so judge the IPv4 address it maps to.
+        if address.ipv4_mapped is not None:
+            return _is_public(address.ipv4_mapped)
+        # Site-local (fec0::/10, deprecated) is still routed inside some networks, and
+        # Python counts it as global.
+        if address.is_site_local:
+            return False
+        # 6to4 (2002::/16) and Teredo (2001::/32) tunnel to the IPv4 addresses they
+        # embed: "2002:7f00:1::" is a way to say 127.0.0.1.
+        embedded = [address.sixtofour] if address.sixtofour is not None else []
+        embedded += list(address.teredo or ())
+        if not all(_is_public(ipv4) for ipv4 in embedded):
+            return False
     # is_global alone lets multicast through, hence the explicit list.
     return address.is_global and not (
         address.is_loopback

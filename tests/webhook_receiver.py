@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import secrets
+import socket
+import socketserver
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +26,8 @@ class ReceivedRequest:
 
 
 class WebhookReceiver:
-    """Serves 127.0.0.1 on a free port from a thread.
+    """Serves ``host`` (127.0.0.1) on a free port (or ``port``) from a thread; over TLS
+    when given a server ``tls`` context, recording the SNI names clients send.
 
     Each path answers from its scripted list of statuses in order, repeating the
     last one when the list runs out; unscripted paths answer 200.
@@ -34,13 +38,23 @@ class WebhookReceiver:
             first, second = receiver.wait_for(2, timeout=10)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._lock = threading.Condition()
         self._requests: list[ReceivedRequest] = []
         self._scripts: dict[str, list[int]] = {}
         self._headers: dict[str, dict[str, str]] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.server_names: list[str | None] = []  # SNI of each TLS handshake
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
+        self._scheme = "http"
+        if tls is not None:
+            tls.sni_callback = self._record_server_name
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
+            self._scheme = "https"
+        # A client that gives up on the handshake (a certificate it refuses) is expected.
+        self._server.handle_error = lambda request, client_address: None
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def start(self) -> Self:
@@ -62,8 +76,14 @@ class WebhookReceiver:
     def port(self) -> int:
         return self._server.server_address[1]
 
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str = "/hook", host: str | None = None) -> str:
+        """This receiver's URL, or the same port under another ``host`` name."""
+        return f"{self._scheme}://{host or self._server.server_address[0]}:{self.port}{path}"
+
+    def _record_server_name(self, sock: ssl.SSLObject, name: str | None,
+                            context: ssl.SSLContext) -> None:
+        with self._lock:
+            self.server_names.append(name)
 
     def script(self, path: str, statuses: list[int], headers: dict[str, str] | None = None) -> None:
         """Answer requests to ``path`` with these statuses in turn (and these extra headers)."""
@@ -131,6 +151,70 @@ class WebhookReceiver:
 
             def log_message(self, format: str, *args: object) -> None:
                 pass  # keep test output quiet
+
+        return Handler
+
+
+class TricklingReceiver:
+    """A receiver that answers slowly on purpose: it reads each request, then sends its
+    status line and headers one byte every ``interval`` seconds and never finishes them,
+    until the client hangs up or the receiver stops. Serves 127.0.0.1 from threads.
+
+    Every byte arrives well within any per-read timeout, so only a deadline on the
+    whole attempt ends the request.
+    """
+
+    RESPONSE = b"HTTP/1.1 200 OK\r\nx-slow: " + b"z" * 1_000_000
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self._stopping = threading.Event()
+        self._lock = threading.Condition()
+        self.connections = 0
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()  # ends every trickle: their connections close
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def url(self, path: str = "/slow") -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+
+    def wait_for_connections(self, n: int, timeout: float = 10.0) -> None:
+        with self._lock:
+            if not self._lock.wait_for(lambda: self.connections >= n, timeout):
+                raise TimeoutError(f"expected {n} connection(s), got {self.connections}")
+
+    def _handler_class(self) -> type[socketserver.BaseRequestHandler]:
+        receiver = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                sock: socket.socket = self.request
+                with receiver._lock:
+                    receiver.connections += 1
+                    receiver._lock.notify_all()
+                received = b""
+                while b"\r\n\r\n" not in received:  # the headers; the body is not needed
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    received += chunk
+                for byte in receiver.RESPONSE:
+                    if receiver._stopping.wait(receiver.interval):
+                        return
+                    try:
+                        sock.sendall(bytes([byte]))
+                    except OSError:  # the client hung up
+                        return
 
         return Handler
 

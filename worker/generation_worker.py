@@ -70,10 +70,16 @@ def start_process(**_: object) -> None:
     """In the forked child: build the runtime and, if the models loaded, start beating."""
     global _heartbeat
     runtime = build_runtime()
-    tasks.install_runtime(runtime)
     if runtime.engine is None:
+        tasks.install_runtime(runtime)
         return
-    _heartbeat = Heartbeat(redis.Redis.from_url(settings.redis_url), settings.served_models)
+    # The runtime claims jobs under the heartbeat's name (this child's host and pid), and
+    # the beats name the job it runs: what the API's reaper checks a running job against.
+    _heartbeat = Heartbeat(redis.Redis.from_url(settings.redis_url), settings.served_models,
+                           interval_seconds=settings.heartbeat_interval_seconds,
+                           ttl_seconds=settings.heartbeat_ttl_seconds)
+    runtime.heartbeat = _heartbeat
+    tasks.install_runtime(runtime)
     _heartbeat.start()
     logger.info("serving %s as %s", ", ".join(settings.served_models), _heartbeat.worker)
 

@@ -1,5 +1,6 @@
 """The generation worker's liveness beacon: a daemon thread refreshing one expiring Redis
-key per served model (format and TTL in shared.heartbeat, which /readyz reads).
+key per served model (format and TTL in shared.heartbeat, which /readyz and the API's
+reaper read), whose value is the job this process is running.
 """
 
 from __future__ import annotations
@@ -8,10 +9,12 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
-from shared.heartbeat import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS, beat, stop
+from shared.heartbeat import HEARTBEAT_INTERVAL_SECONDS, MISSED_BEATS, beat, stop
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +25,8 @@ def worker_name() -> str:
 
 
 class Heartbeat:
-    """Announces that this process serves ``models`` until stopped or killed."""
+    """Announces that this process serves ``models`` (and which job it runs) until stopped
+    or killed. ``ttl_seconds`` defaults to three intervals."""
 
     def __init__(
         self,
@@ -30,19 +34,33 @@ class Heartbeat:
         models: list[str],
         worker: str | None = None,
         interval_seconds: float = HEARTBEAT_INTERVAL_SECONDS,
-        ttl_seconds: int = HEARTBEAT_TTL_SECONDS,
+        ttl_seconds: float | None = None,
     ):
         self.client = client
         self.models = list(models)
         self.worker = worker or worker_name()
         self.interval_seconds = interval_seconds
-        self.ttl_seconds = ttl_seconds
+        self.ttl_seconds = ttl_seconds or MISSED_BEATS * interval_seconds
+        # The job this process runs ('' = idle): each beat writes it, and the reaper takes
+        # back a job whose claiming worker's key stops naming it.
+        self.job = ""
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @contextmanager
+    def running_job(self, job_id: str) -> Iterator[None]:
+        """Name ``job_id`` in the beats while the block runs (set before the job is claimed,
+        so no beat after the claim can say otherwise)."""
+        self.job = job_id
+        try:
+            yield
+        finally:
+            self.job = ""
+
     def beat_once(self) -> None:
+        job = self.job
         for model in self.models:
-            beat(self.client, model, self.worker, self.ttl_seconds)
+            beat(self.client, model, self.worker, self.ttl_seconds, job)
 
     def start(self) -> None:
         """Beat now (so readiness flips before the first interval) and keep beating."""

@@ -1,13 +1,17 @@
 """The generation task: claim the job, run the engine, store the images, finish the job.
 
 Thin and safe to re-run: the same job id writes the same storage keys with the same
-bytes, and the job store accepts only one terminal transition.
+bytes, and the job store accepts only one terminal transition. The job is claimed under
+this process's heartbeat name, and every later write names it too: once the API's reaper
+has taken the job back (this process stopped beating for a while) or another worker has
+claimed it, this run stops at its next step and its writes change nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,6 +26,7 @@ from shared.schemas import ErrorCode, JobPlan, Metrics
 from shared.settings import Settings
 from shared.storage import Storage, image_key, job_prefix
 from worker.engine import GeneratedImage, GenerationCanceled, GenerationEngine
+from worker.heartbeat import Heartbeat
 from worker.images import decode_image, encode_image, parameters_text
 
 logger = logging.getLogger(__name__)
@@ -36,7 +41,9 @@ class WorkerRuntime:
     """What a generation worker process holds for its lifetime.
 
     ``engine`` is None when the models failed to load; ``load_error`` then says why, and
-    every job this process receives fails with ``model_unavailable``.
+    every job this process receives fails with ``model_unavailable``. ``heartbeat`` is this
+    process's beacon (None: the process does not beat, and its claims name no worker):
+    jobs are claimed under its name, and it names the job being run.
     """
 
     store: JobStore
@@ -44,6 +51,12 @@ class WorkerRuntime:
     settings: Settings
     engine: GenerationEngine | None
     load_error: str | None = None
+    heartbeat: Heartbeat | None = None
+
+    @property
+    def worker(self) -> str:
+        """The name this process claims jobs under ('' = none)."""
+        return self.heartbeat.worker if self.heartbeat is not None else ""
 
 
 _runtime: WorkerRuntime | None = None
@@ -71,7 +84,8 @@ def generate(job_id: str) -> None:
 
 
 def run_job(job_id: str, runtime: WorkerRuntime) -> None:
-    """Claim, generate, store and finish one job; every outcome is a terminal state."""
+    """Claim, generate, store and finish one job; every outcome is a terminal state (or,
+    when the job stopped being this run's, no write at all)."""
     store = runtime.store
     if runtime.engine is None:
         # Fails the job where it stands (queued): it never started, used no attempt.
@@ -79,47 +93,72 @@ def run_job(job_id: str, runtime: WorkerRuntime) -> None:
         store.mark_failed(job_id, ErrorCode.MODEL_UNAVAILABLE,
                           f"the worker could not load its models: {runtime.load_error}")
         return
-    job = store.mark_running(job_id)
+    # The beats name the job from before the claim until the run is over, however it
+    # ends: a run that ends without finishing its job (Redis was away for its last
+    # write) shows as idle, and the reaper takes the job back.
+    with runtime.heartbeat.running_job(job_id) if runtime.heartbeat else nullcontext():
+        _run_claimed(job_id, runtime, runtime.engine)
+
+
+def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) -> None:
+    store, worker = runtime.store, runtime.worker
+    job = store.mark_running(job_id, worker)
     if job is None:  # missing, already finished, canceled while queued, or out of attempts
         logger.info("job %s: nothing to run", job_id)
         return
     try:
-        if store.is_cancel_requested(job_id):
-            store.mark_canceled(job_id)
+        if store.is_cancel_requested(job_id, worker):
+            _stop(store, job_id, worker, "canceled before it started")
             return
         plan = job.request
         init_image, mask_image = _load_inputs(runtime.storage, job.inputs)
         started = time.monotonic()
-        results = runtime.engine.generate(
-            plan, init_image, mask_image, on_step=ProgressReporter(store, job_id)
+        results = engine.generate(
+            plan, init_image, mask_image, on_step=ProgressReporter(store, job_id, worker=worker)
         )
         inference_seconds = time.monotonic() - started
         images = _store_outputs(runtime.storage, job_id, plan, results)
-        if store.mark_succeeded(job_id, images, _metrics(job, inference_seconds)) is None:
+        metrics = _metrics(job, inference_seconds)
+        if store.mark_succeeded(job_id, images, metrics, worker) is None:
             if store.get(job_id) is None:  # deleted while it ran: keep no orphaned images
                 runtime.storage.delete_prefix(job_prefix(job_id))
+            # Otherwise another run owns the job now; it writes these very keys.
+            logger.info("job %s: finished, but the job is no longer this run's", job_id)
             return
         logger.info("job %s: %d image(s) in %.2fs", job_id, len(images), inference_seconds)
     except GenerationCanceled as exc:
-        logger.info("job %s: %s", job_id, exc)
-        store.mark_canceled(job_id)
+        _stop(store, job_id, worker, str(exc))
     except SoftTimeLimitExceeded:
         limit = runtime.settings.task_soft_time_limit
-        store.mark_failed(job_id, ErrorCode.TIMEOUT, f"generation took longer than {limit} s")
+        store.mark_failed(job_id, ErrorCode.TIMEOUT, f"generation took longer than {limit} s",
+                          worker)
     except Exception as exc:
         logger.exception("job %s failed", job_id)
-        store.mark_failed(job_id, ErrorCode.GENERATION_FAILED, str(exc) or type(exc).__name__)
+        store.mark_failed(job_id, ErrorCode.GENERATION_FAILED, str(exc) or type(exc).__name__,
+                          worker)
+
+
+def _stop(store: JobStore, job_id: str, worker: str, how: str) -> None:
+    """The run was asked to stop: cancel the job if it is still this run's; a deleted,
+    re-queued or taken-over job is left to whoever has it now."""
+    if store.mark_canceled(job_id, worker) is not None:
+        logger.info("job %s: %s", job_id, how)
+    else:
+        logger.info("job %s: %s: the job was deleted or is no longer this run's", job_id, how)
 
 
 class ProgressReporter:
-    """``on_step`` for one job: publishes progress with an ETA, answers "stop?"."""
+    """``on_step`` for one job: publishes progress with an ETA, answers "stop?" (canceled,
+    deleted, or no longer ``worker``'s to run)."""
 
     def __init__(
-        self, store: JobStore, job_id: str, min_interval: float = PROGRESS_INTERVAL_SECONDS
+        self, store: JobStore, job_id: str, min_interval: float = PROGRESS_INTERVAL_SECONDS,
+        worker: str | None = None,
     ):
         self.store = store
         self.job_id = job_id
         self.min_interval = min_interval
+        self.worker = worker
         self.started = time.monotonic()
         self.last_published: float | None = None
 
@@ -129,9 +168,9 @@ class ProgressReporter:
         if due or step >= total_steps:
             elapsed = now - self.started
             eta = elapsed / step * (total_steps - step) if step else None
-            self.store.update_progress(self.job_id, step, total_steps, eta)
+            self.store.update_progress(self.job_id, step, total_steps, eta, worker=self.worker)
             self.last_published = now
-        return self.store.is_cancel_requested(self.job_id)
+        return self.store.is_cancel_requested(self.job_id, self.worker)
 
 
 def _load_inputs(

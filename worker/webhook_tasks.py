@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,13 @@ from shared.celery_app import DELIVER_WEBHOOK_TASK
 from shared.jobstore import JobStore
 from shared.schemas import EventType, WebhookAttempt
 from shared.settings import Settings
-from shared.webhooks import WebhookHostUnresolvable, check_webhook_url, sign
+from shared.webhooks import (
+    WebhookHostUnresolvable,
+    WebhookTarget,
+    resolve_webhook_target,
+    sign,
+)
+from worker.webhook_http import PinnedBackend, PinnedTransport
 
 logger = logging.getLogger(__name__)
 
@@ -49,55 +56,85 @@ def retry_delay(attempt: int, base: float, cap: float, rng: random.Random) -> fl
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
-def post_event(
-    http: httpx.Client, url: str, msg_id: str, payload: str, secret: str
-) -> DeliveryOutcome:
-    """POST one signed event; 2xx delivers, 410 stops for good, anything else is retryable."""
-    headers = {
-        **sign(secret, msg_id, datetime.now(UTC), payload),
-        "content-type": "application/json",
-        "user-agent": USER_AGENT,
-    }
-    try:
-        # Streamed and never read: only the status matters, and a receiver must not
-        # be able to make us download a large body.
-        with http.stream("POST", url, content=payload.encode(), headers=headers) as response:
-            status = response.status_code
-            location = response.headers.get("location")
-    except httpx.TimeoutException as exc:
-        return DeliveryOutcome(None, f"timed out: {type(exc).__name__}", False, True)
-    except httpx.HTTPError as exc:
-        return DeliveryOutcome(None, f"request failed: {type(exc).__name__}: {exc}", False, True)
-    if 200 <= status < 300:
-        return DeliveryOutcome(status, None, True, False)
-    if status == 410:
-        # Standard Webhooks: 410 Gone means the endpoint is gone; stop sending.
-        return DeliveryOutcome(status, "endpoint answered 410 Gone", False, False)
-    if 300 <= status < 400:
-        # Redirects are not followed: the target would skip the SSRF check.
-        return DeliveryOutcome(status, f"redirect not followed (location: {location})", False, True)
-    return DeliveryOutcome(status, f"endpoint answered HTTP {status}", False, True)
+class WebhookSender:
+    """Sends one signed event per call over a fresh connection pinned to the vetted
+    addresses. Built once per process: the TLS context loads the CA bundle once."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        # trust_env=False here and on the client: no CA bundle or proxy from the
+        # environment, and no .netrc credentials sent to URLs that users choose.
+        self.ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
+
+    def post_event(
+        self, url: str, target: WebhookTarget, deadline: float, msg_id: str, payload: str,
+        secret: str,
+    ) -> DeliveryOutcome:
+        """POST one signed event; 2xx delivers, 410 stops for good, anything else is retryable.
+
+        ``deadline`` (time.monotonic seconds) ends the attempt: connect, send, status and
+        headers. The body is never read.
+        """
+        headers = {
+            **sign(secret, msg_id, datetime.now(UTC), payload),
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+        }
+        transport = PinnedTransport(PinnedBackend(target, deadline), self.ssl_context)
+        try:
+            # No httpx timeout: the backend's deadline bounds every socket operation.
+            # Streamed and never read: only the status matters, and a receiver must not
+            # be able to make us download a large body.
+            with (
+                httpx.Client(transport=transport, timeout=None, follow_redirects=False,
+                             trust_env=False) as http,
+                http.stream("POST", url, content=payload.encode(), headers=headers) as response,
+            ):
+                status = response.status_code
+                location = response.headers.get("location")
+        except httpx.TimeoutException as exc:
+            return DeliveryOutcome(None, f"timed out: {type(exc).__name__}", False, True)
+        except httpx.HTTPError as exc:
+            return DeliveryOutcome(None, f"request failed: {type(exc).__name__}: {exc}",
+                                   False, True)
+        if 200 <= status < 300:
+            return DeliveryOutcome(status, None, True, False)
+        if status == 410:
+            # Standard Webhooks: 410 Gone means the endpoint is gone; stop sending.
+            return DeliveryOutcome(status, "endpoint answered 410 Gone", False, False)
+        if 300 <= status < 400:
+            # Redirects are not followed: the target would skip the SSRF check.
+            return DeliveryOutcome(status, f"redirect not followed (location: {location})",
+                                   False, True)
+        return DeliveryOutcome(status, f"endpoint answered HTTP {status}", False, True)
+
+
+# -- one attempt --------------------------------------------------------------------------
 
 
 def attempt_delivery(
-    http: httpx.Client, settings: Settings, url: str, msg_id: str, payload: str
+    sender: WebhookSender, settings: Settings, url: str, msg_id: str, payload: str
 ) -> DeliveryOutcome:
-    """One attempt, after re-checking the URL (DNS may have changed since submission)."""
+    """One attempt, after re-checking the URL (DNS may have changed since submission).
+
+    The attempt's deadline starts here, so a slow DNS answer eats into it rather than
+    adding to it.
+    """
+    deadline = time.monotonic() + settings.webhook_timeout_seconds
     if settings.webhook_secret is None:
         # Unsigned events could be forged by anyone who knows the URL: refuse to send.
         return DeliveryOutcome(None, SECRET_MISSING, False, False)
     try:
-        check_webhook_url(url, settings)
+        target = resolve_webhook_target(url, settings)
     except WebhookHostUnresolvable as exc:
         return DeliveryOutcome(None, str(exc), False, True)
     except ValueError as exc:
         return DeliveryOutcome(None, f"refused: {exc}", False, False)
-    return post_event(http, url, msg_id, payload, settings.webhook_secret)
+    return sender.post_event(url, target, deadline, msg_id, payload, settings.webhook_secret)
 
 
 def deliver_and_record(
     store: JobStore,
-    http: httpx.Client,
+    sender: WebhookSender,
     settings: Settings,
     *,
     job_id: str,
@@ -110,7 +147,7 @@ def deliver_and_record(
     """Make attempt number ``attempt`` and record it on the job."""
     at = datetime.now(UTC)
     started = time.monotonic()
-    outcome = attempt_delivery(http, settings, url, event_id, payload)
+    outcome = attempt_delivery(sender, settings, url, event_id, payload)
     store.record_webhook_attempt(
         job_id,
         WebhookAttempt(
@@ -132,17 +169,8 @@ class WebhookRuntime:
     """What the webhook worker process holds: built once by worker/webhook_worker.py."""
 
     store: JobStore
-    http: httpx.Client
+    sender: WebhookSender
     settings: Settings
-
-
-def make_http_client(settings: Settings) -> httpx.Client:
-    # One pooled client per process (thread-safe, shared by the thread pool).
-    # trust_env=False: no proxy from the environment and no .netrc credentials sent
-    # to URLs that users choose.
-    return httpx.Client(
-        timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False
-    )
 
 
 _runtime: WebhookRuntime | None = None
@@ -174,7 +202,7 @@ def deliver_webhook(
     settings = runtime.settings
     attempt = self.request.retries + 1
     outcome = deliver_and_record(
-        runtime.store, runtime.http, settings, job_id=job_id, event_id=event_id,
+        runtime.store, runtime.sender, settings, job_id=job_id, event_id=event_id,
         event_type=event_type, url=url, payload=payload, attempt=attempt,
     )
     if not outcome.retryable:

@@ -2,8 +2,8 @@
 ``celery -A worker.webhook_worker worker --pool threads -Q webhooks``.
 
 Consumes only the webhooks queue and imports no torch, so it starts in a second and
-runs on any small host. Its store and HTTP client are built once, at ``worker_init``
-(the thread pool runs in this one process).
+runs on any small host. Its store and webhook sender (with its TLS context) are built
+once, at ``worker_init`` (the thread pool runs in this one process).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ app.conf.task_queues = [Queue(WEBHOOK_QUEUE, Exchange(WEBHOOK_QUEUE), routing_ke
 
 @worker_init.connect
 def build_runtime(**_: object) -> None:
-    """Connect the store (attempts are recorded on the job) and the pooled HTTP client."""
+    """Connect the store (attempts are recorded on the job) and build the webhook sender."""
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     # No on_event: recording an attempt is not a state change and sends nothing.
     webhook_tasks.install_runtime(webhook_tasks.WebhookRuntime(
         store=JobStore(client, settings),
-        http=webhook_tasks.make_http_client(settings),
+        sender=webhook_tasks.WebhookSender(),
         settings=settings,
     ))

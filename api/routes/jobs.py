@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, Any
 
+import redis
 from fastapi import APIRouter, Header, Path, Query, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import JobEventsDep, JobServiceDep, OwnerDep, SettingsDep
+from api.deps import CallerDep, JobEventsDep, JobServiceDep, SettingsDep
+from api.services.events import JobEvents
 from shared.records import JobRecord, public_job
-from shared.schemas import ErrorBody, GenerationRequest, Job, JobPage, JobStatus
+from shared.schemas import JOB_ID_PATTERN, ErrorBody, GenerationRequest, Job, JobPage, JobStatus
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody}
-    for code in (400, 404, 409, 413, 422, 503)
+    for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 
 PreferHeader = Annotated[
@@ -29,7 +34,7 @@ IdempotencyKeyHeader = Annotated[
     str | None,
     Header(description="Same key and body → the same job; same key, other body → 409."),
 ]
-JobId = Annotated[str, Path(max_length=64)]
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="`job_` + 24 hex digits")]
 
 
 def wait_seconds(prefer: str | None, cap: int) -> int:
@@ -39,27 +44,41 @@ def wait_seconds(prefer: str | None, cap: int) -> int:
 
 
 def _answer(response: Response, job: JobRecord, waited: int) -> Job:
-    response.status_code = 200 if job.status.is_terminal() else 202
+    """200 once a waited-for job has finished, else 202; says which wait was applied."""
+    response.status_code = 200 if waited and job.status.is_terminal() else 202
     if waited:
         response.headers["Preference-Applied"] = f"wait={waited}"
     return public_job(job)
 
 
-@router.post("", status_code=202, responses=_ERRORS)
+async def _wait_if_asked(events: JobEvents, job: JobRecord, waited: int) -> JobRecord:
+    """The job after ``Prefer: wait``; as it was if the wait itself fails (Redis away):
+    the job exists either way, and the client is told so rather than given an error."""
+    try:
+        return await events.wait(job, waited)
+    except redis.RedisError:
+        log.warning("Prefer: wait on job %s failed; answering with the job as stored", job.id)
+        return job
+
+
+@router.post("", status_code=202, responses={
+    **_ERRORS,
+    200: {"model": Job, "description": "With `Prefer: wait=N`: the job finished within N s."},
+})
 async def submit_job(
     body: GenerationRequest,
     response: Response,
     service: JobServiceDep,
     events: JobEventsDep,
-    owner: OwnerDep,
+    caller: CallerDep,
     settings: SettingsDep,
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Job:
     """Queue a generation job (202); with ``Prefer: wait=N``, 200 once it has finished."""
-    submission = await run_in_threadpool(service.submit, body, owner, idempotency_key)
+    submission = await run_in_threadpool(service.submit, body, caller, idempotency_key)
     waited = wait_seconds(prefer, settings.max_wait_seconds)
-    job = await events.wait(submission.job, waited)
+    job = await _wait_if_asked(events, submission.job, waited)
     if not submission.created:
         response.headers["Idempotent-Replayed"] = "true"
     return _answer(response, job, waited)
@@ -68,47 +87,51 @@ async def submit_job(
 @router.get("", responses=_ERRORS)
 def list_jobs(
     service: JobServiceDep,
-    owner: OwnerDep,
+    caller: CallerDep,
     status: JobStatus | None = None,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    owner: Annotated[str | None, Query(max_length=64, description="admin keys: whose jobs")] = None,
 ) -> JobPage:
     """Your jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
-    return service.list(owner, status, cursor, limit)
+    return service.list(caller, status, cursor, limit, owner)
 
 
-@router.get("/{job_id}", responses=_ERRORS)
+@router.get("/{job_id}", responses={
+    **_ERRORS,
+    202: {"model": Job, "description": "With `Prefer: wait=N`: not finished after N s."},
+})
 async def get_job(
     job_id: JobId,
     response: Response,
     service: JobServiceDep,
     events: JobEventsDep,
-    owner: OwnerDep,
+    caller: CallerDep,
     settings: SettingsDep,
     prefer: PreferHeader = None,
 ) -> Job:
     """The job; with ``Prefer: wait=N``, once it has finished (200) or N seconds passed (202)."""
-    job = await run_in_threadpool(service.get, job_id, owner)
+    job = await run_in_threadpool(service.get, job_id, caller)
     waited = wait_seconds(prefer, settings.max_wait_seconds)
-    job = await events.wait(job, waited)
-    if waited:
-        return _answer(response, job, waited)
-    return public_job(job)
+    if not waited:
+        return public_job(job)
+    job = await _wait_if_asked(events, job, waited)
+    return _answer(response, job, waited)
 
 
 @router.post("/{job_id}/cancel", responses=_ERRORS)
-def cancel_job(job_id: JobId, service: JobServiceDep, owner: OwnerDep) -> Job:
+def cancel_job(job_id: JobId, service: JobServiceDep, caller: CallerDep) -> Job:
     """Cancel: queued jobs at once, running ones within a step; finished jobs stay as they are.
 
     Always 200 with the job as it now stands, so retrying a cancel is harmless.
     """
-    return public_job(service.cancel(job_id, owner))
+    return public_job(service.cancel(job_id, caller))
 
 
 @router.delete("/{job_id}", status_code=204, responses=_ERRORS)
-def delete_job(job_id: JobId, service: JobServiceDep, owner: OwnerDep) -> Response:
+def delete_job(job_id: JobId, service: JobServiceDep, caller: CallerDep) -> Response:
     """Cancel the job if it is live, then delete it and its images."""
-    service.delete(job_id, owner)
+    service.delete(job_id, caller)
     return Response(status_code=204)
 
 
@@ -119,10 +142,10 @@ def delete_job(job_id: JobId, service: JobServiceDep, owner: OwnerDep) -> Respon
                **_ERRORS},
 )
 def get_image(
-    job_id: JobId, index: Annotated[int, Path(ge=0)], service: JobServiceDep, owner: OwnerDep
+    job_id: JobId, index: Annotated[int, Path(ge=0)], service: JobServiceDep, caller: CallerDep
 ) -> Response:
     """One output image, in the job's output format."""
-    data, content_type = service.image(job_id, index, owner)
+    data, content_type = service.image(job_id, index, caller)
     # Outputs never change once written (a re-run writes the same bytes).
     return Response(data, media_type=content_type,
                     headers={"Cache-Control": "private, max-age=86400, immutable"})
@@ -133,6 +156,6 @@ def get_image(
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS},
 )
-async def job_events(job_id: JobId, events: JobEventsDep, owner: OwnerDep) -> EventSourceResponse:
+async def job_events(job_id: JobId, events: JobEventsDep, caller: CallerDep) -> EventSourceResponse:
     """Server-Sent Events: the current state, then queued/started/progress/completed."""
-    return EventSourceResponse(await events.stream(job_id, owner), ping=15)
+    return EventSourceResponse(await events.stream(job_id, caller), ping=15)

@@ -14,13 +14,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import anyio
-import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.asyncio.client import PubSub
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import NotFound
+from api.services.auth import Caller
+from api.services.event_hub import EventHub, Subscription
 from shared.jobstore import JobStore
 from shared.records import JobEvent, JobRecord, public_job
 from shared.schemas import EventType, JobStatus
@@ -28,7 +27,6 @@ from shared.schemas import EventType, JobStatus
 # Pub/sub is fire-and-forget (a Redis restart drops messages), so a quiet wait or stream
 # re-reads the job this often and ends if it finished unseen.
 RECHECK_SECONDS = 15.0
-SUBSCRIBE_TIMEOUT_SECONDS = 5.0
 
 
 def event_for_status(status: JobStatus) -> EventType:
@@ -40,9 +38,10 @@ def event_for_status(status: JobStatus) -> EventType:
 
 @dataclass
 class JobEvents:
-    """Job events for one request; ``store`` is sync, so its reads go to a thread."""
+    """Job events for one request, through the process's one pub/sub connection (``hub``);
+    ``store`` is sync, so its reads go to a thread."""
 
-    redis: aioredis.Redis
+    hub: EventHub
     store: JobStore
 
     async def wait(self, record: JobRecord, seconds: float) -> JobRecord:
@@ -54,8 +53,7 @@ class JobEvents:
         if seconds <= 0 or record.status.is_terminal():
             return record
         deadline = time.monotonic() + seconds
-        pubsub = await self._subscribe(record.id)
-        try:
+        async with self.hub.subscribe(JobStore.channel(record.id), record.owner) as subscription:
             current = await self._read(record.id)
             if current is None:
                 return record
@@ -63,40 +61,41 @@ class JobEvents:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                event = await _next_event(pubsub, min(left, RECHECK_SECONDS))
+                event = await _next_event(subscription, min(left, RECHECK_SECONDS))
                 if event is not None:
                     if event.job.updated_at > current.updated_at:
                         current = event.job
                 elif left > RECHECK_SECONDS:  # quiet: make sure it did not end unseen
                     current = await self._read(record.id) or current
             return current
-        finally:
-            await _close(pubsub)
 
-    async def stream(self, job_id: str, owner: str) -> AsyncIterator[dict[str, str]]:
+    async def stream(self, job_id: str, caller: Caller) -> AsyncIterator[dict[str, str]]:
         """SSE events ``{"event": <type>, "data": <public job JSON>}``: the job's current
         state, then each change as it was written, ending after ``completed``.
 
         Raises ``NotFound`` before the stream starts when the job does not exist or
         belongs to another owner.
         """
-        pubsub = await self._subscribe(job_id)
+        following = contextlib.AsyncExitStack()
+        subscription = await following.enter_async_context(
+            self.hub.subscribe(JobStore.channel(job_id), caller.owner))
         try:
             record = await self._read(job_id)
         except BaseException:
-            await _close(pubsub)
+            await following.aclose()
             raise
-        if record is None or record.owner != owner:
-            await _close(pubsub)
+        if record is None or not caller.may_see(record.owner):
+            await following.aclose()
             raise NotFound(f"job '{job_id}' not found", "job_not_found")
-        return self._relay(pubsub, record)
+        return self._relay(following, subscription, record)
 
-    async def _relay(self, pubsub: PubSub, record: JobRecord) -> AsyncIterator[dict[str, str]]:
+    async def _relay(self, following: contextlib.AsyncExitStack, subscription: Subscription,
+                     record: JobRecord) -> AsyncIterator[dict[str, str]]:
         try:
             yield _sse(event_for_status(record.status), record)
             last = record
             while not last.status.is_terminal():
-                event = await _next_event(pubsub, RECHECK_SECONDS)
+                event = await _next_event(subscription, RECHECK_SECONDS)
                 if event is None:  # quiet for a while: make sure it did not end unseen
                     current = await self._read(last.id)
                     if current is None:  # deleted while we watched
@@ -110,46 +109,25 @@ class JobEvents:
                 last = event.job
                 yield _sse(event.type, last)
         finally:
-            await _close(pubsub)
-
-    async def _subscribe(self, job_id: str) -> PubSub:
-        pubsub = self.redis.pubsub()
-        try:
-            await pubsub.subscribe(JobStore.channel(job_id))
-            # Only once Redis confirms is every later event sure to reach us; the first
-            # read of the job must come after that.
-            with anyio.fail_after(SUBSCRIBE_TIMEOUT_SECONDS):
-                while (await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_SECONDS)) is None:
-                    pass
-        except BaseException:
-            await _close(pubsub)
-            raise
-        return pubsub
+            await following.aclose()
 
     async def _read(self, job_id: str) -> JobRecord | None:
         return await run_in_threadpool(self.store.get, job_id)
 
 
-async def _next_event(pubsub: PubSub, timeout: float) -> JobEvent | None:
+async def _next_event(subscription: Subscription, timeout: float) -> JobEvent | None:
     """The next event on the subscription, or None after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
-        message = await pubsub.get_message(timeout=left)
-        if message is None or message.get("type") != "message":
-            continue
+        message = await subscription.next(left)
+        if message is None:
+            return None
         try:
-            return JobStore.decode_event(message["data"])
-        except ValidationError:
+            return JobStore.decode_event(message)
+        except (ValidationError, ValueError):
             continue
     return None
 
 
 def _sse(event: EventType, record: JobRecord) -> dict[str, str]:
     return {"event": event.value, "data": public_job(record).model_dump_json()}
-
-
-async def _close(pubsub: PubSub) -> None:
-    # Shielded: a disconnected SSE client cancels the stream, and the connection must
-    # still go back; errors while closing must not hide the one that ended the stream.
-    with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
-        await pubsub.aclose()

@@ -12,18 +12,23 @@ import hashlib
 import json
 import logging
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from celery import Celery
 from PIL import Image
 
-from api.errors import Conflict, InvalidInput, NotFound, Unavailable
+from api.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from api.services.auth import Caller
 from api.services.images import decode_image, to_png
-from shared.celery_app import GENERATE_TASK, PRIORITY_LEVELS
+from api.services.quotas import QueueCaps
+from api.services.status import ModelAvailability
+from shared.celery_app import GENERATE_TASK
 from shared.jobstore import IdempotencyConflict, JobStore
 from shared.model_registry import ModelRegistry, ModelSpec, UnknownModel, queue_for_model
 from shared.plan import PlanError, plan_job
+from shared.priorities import queue_level, queue_level_of
 from shared.records import JobInputs, JobRecord, public_job
 from shared.schemas import (
     MAX_SEED,
@@ -40,6 +45,8 @@ from shared.webhooks import check_webhook_url
 log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+# A worker that is starting loads its weights in seconds to a minute.
+MODEL_RETRY_AFTER_SECONDS = 10
 
 
 @dataclass
@@ -63,11 +70,13 @@ class JobService:
     storage: Storage
     registry: ModelRegistry
     celery: Celery
+    availability: ModelAvailability
+    queue_caps: QueueCaps
 
     # -- submit -------------------------------------------------------------------
 
     def submit(
-        self, request: GenerationRequest, owner: str, idempotency_key: str | None = None
+        self, request: GenerationRequest, caller: Caller, idempotency_key: str | None = None
     ) -> Submission:
         """Plan ``request`` against its model, store the job and publish its task."""
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
@@ -91,12 +100,21 @@ class JobService:
                 check_webhook_url(str(request.webhook.url), self.settings)
             except ValueError as exc:
                 raise InvalidInput("invalid_webhook_url", str(exc), "webhook.url") from None
+        if not self.availability.is_served(spec.name):
+            # Queued, it would wait for a worker that may never come.
+            raise Unavailable(
+                ErrorCode.MODEL_UNAVAILABLE.value,
+                f"no generation worker is serving model '{spec.name}' right now; try again",
+                retry_after_seconds=MODEL_RETRY_AFTER_SECONDS,
+            )
+        queued_by_key = self.queue_caps.check(caller.owner, spec.name)
 
         job_id = JobStore.new_job_id()
         now = datetime.now(UTC)
         record = JobRecord(
-            id=job_id, owner=owner, status=JobStatus.QUEUED, created_at=now, updated_at=now,
+            id=job_id, owner=caller.owner, status=JobStatus.QUEUED, created_at=now, updated_at=now,
             request=planned.plan, warnings=planned.warnings, metadata=request.metadata,
+            queue_level=queue_level(planned.plan.priority, queued_by_key),
             inputs=self._store_inputs(job_id, inputs, planned.input_size),
         )
         try:
@@ -116,8 +134,7 @@ class JobService:
         if not created:
             self.storage.delete_prefix(job_prefix(job_id))
             return Submission(stored, created=False)
-        self._publish(stored)
-        return Submission(stored, created=True)
+        return Submission(self._publish(stored), created=True)
 
     def _model_for(self, request: GenerationRequest) -> ModelSpec:
         try:
@@ -146,62 +163,54 @@ class JobService:
             self.storage.put(stored.mask_image_key, to_png(mask), "image/png")
         return stored
 
-    def _publish(self, job: JobRecord) -> None:
-        try:
-            self.celery.send_task(
-                GENERATE_TASK,
-                args=[job.id],
-                queue=queue_for_model(job.request.model),
-                priority=PRIORITY_LEVELS[job.request.priority],
-            )
-        except Exception as exc:
-            # Never leave an accepted job that no worker will ever see.
-            log.exception("could not publish job %s", job.id)
-            self.store.mark_failed(
-                job.id, ErrorCode.ENQUEUE_FAILED, f"the job queue is unreachable: {exc}"
-            )
-            raise Unavailable(
-                ErrorCode.ENQUEUE_FAILED.value, "the job queue is unreachable; try again",
-                retry_after_seconds=5,
-            ) from None
+    def _publish(self, job: JobRecord) -> JobRecord:
+        # The job is stored by now, so the caller answers 202 with it either way: an error
+        # here would invite the client to retry and make a second job.
+        return publish_generation(self.store, self.celery, job)
 
     # -- reads and changes --------------------------------------------------------
 
-    def get(self, job_id: str, owner: str) -> JobRecord:
+    def get(self, job_id: str, caller: Caller) -> JobRecord:
         job = self.store.get(job_id)
         # Another owner's job is reported exactly like a missing one.
-        if job is None or job.owner != owner:
+        if job is None or not caller.may_see(job.owner):
             raise NotFound(f"job '{job_id}' not found", "job_not_found")
         return job
 
     def list(
-        self, owner: str, status: JobStatus | None, cursor: str | None, limit: int
+        self, caller: Caller, status: JobStatus | None, cursor: str | None, limit: int,
+        owner: str | None = None,
     ) -> JobPage:
+        """The caller's jobs, newest first; an admin may name another ``owner``."""
+        if owner is not None and not caller.may_see(owner):
+            raise Forbidden("only an admin key may list another key's jobs", "owner")
         try:
-            records, next_cursor = self.store.list_jobs(owner, status=status, cursor=cursor, limit=limit)
+            records, next_cursor = self.store.list_jobs(
+                owner or caller.owner, status=status, cursor=cursor, limit=limit)
         except ValueError as exc:
-            raise InvalidInput("invalid_cursor", str(exc), "cursor") from None
+            # A well-formed id that names none of the caller's jobs: nothing to page from.
+            raise NotFound(str(exc), "cursor_not_found", "cursor") from None
         return JobPage(jobs=[public_job(r) for r in records], next_cursor=next_cursor)
 
-    def cancel(self, job_id: str, owner: str) -> JobRecord:
+    def cancel(self, job_id: str, caller: Caller) -> JobRecord:
         """Queued → canceled now; running → the worker stops within a step; terminal: as is."""
-        self.get(job_id, owner)
+        self.get(job_id, caller)
         job = self.store.request_cancel(job_id)
         if job is None:
             raise NotFound(f"job '{job_id}' not found", "job_not_found")
         return job
 
-    def delete(self, job_id: str, owner: str) -> None:
+    def delete(self, job_id: str, caller: Caller) -> None:
         """Cancel if still live, then remove the record and every stored file of the job."""
-        job = self.get(job_id, owner)
+        job = self.get(job_id, caller)
         if not job.status.is_terminal():
             self.store.request_cancel(job_id)
         self.store.delete(job_id)
         self.storage.delete_prefix(job_prefix(job_id))
 
-    def image(self, job_id: str, index: int, owner: str) -> tuple[bytes, str]:
+    def image(self, job_id: str, index: int, caller: Caller) -> tuple[bytes, str]:
         """An output image's bytes and content type."""
-        job = self.get(job_id, owner)
+        job = self.get(job_id, caller)
         info = next((i for i in job.images if i.index == index), None)
         if info is None:
             raise NotFound(f"job '{job_id}' has no image {index}", "image_not_found")
@@ -212,16 +221,57 @@ class JobService:
         return data, info.format.content_type
 
 
+def publish_generation(store: JobStore, celery: Celery, job: JobRecord) -> JobRecord:
+    """Queue the job's task (only its id) to its model's queue with its priority; the job as
+    it now stands: failed ``enqueue_failed`` if the queue was unreachable, because a job
+    queued without a task would never be seen by a worker."""
+    try:
+        celery.send_task(
+            GENERATE_TASK,
+            args=[job.id],
+            queue=queue_for_model(job.request.model),
+            priority=queue_level_of(job),
+        )
+    except Exception as exc:
+        log.exception("could not publish job %s", job.id)
+        failed = store.mark_failed(
+            job.id, ErrorCode.ENQUEUE_FAILED, f"the job queue is unreachable: {exc}"
+        )
+        return failed or job
+    return job
+
+
 def fingerprint(request: GenerationRequest) -> str:
-    """Hash of the request as validated (canonical JSON), for Idempotency-Key replays."""
-    canonical = json.dumps(
-        request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """Hash of the request as validated (canonical JSON), for Idempotency-Key replays.
+
+    The images (up to 13 MB of base64 each) are hashed as they are rather than copied
+    into the canonical JSON: a copy per step there cost the API tens of MB per request.
+    """
+    fields = request.model_dump(mode="json", exclude=_IMAGE_FIELDS)
+    digest = hashlib.sha256(json.dumps(
+        fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    for name in sorted(_IMAGE_FIELDS):
+        image = getattr(request, name)
+        digest.update(f"\0{name}:{'-' if image is None else len(image)}\0".encode())
+        if image is not None:
+            digest.update(image.encode())
+    return digest.hexdigest()
+
+
+_IMAGE_FIELDS = {"init_image", "mask_image"}
+# Decoding an image holds its bytes and its pixels (up to ~60 MB at the 4-megapixel
+# limit); a few at a time bound the API's memory however many uploads arrive at once.
+MAX_CONCURRENT_DECODES = 2
+_decoding = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
 
 def _decode_inputs(request: GenerationRequest) -> _Inputs:
     """Decode only the images the task uses; the plan refuses any other one unread."""
+    with _decoding:
+        return _decode_task_images(request)
+
+
+def _decode_task_images(request: GenerationRequest) -> _Inputs:
     inputs = _Inputs()
     if request.task is not Task.TEXT_TO_IMAGE and request.init_image is not None:
         inputs.init = decode_image(request.init_image, "init_image", "RGB")

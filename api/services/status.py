@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import redis
 
 from api.errors import Unavailable
@@ -41,3 +44,28 @@ def readiness(registry: ModelRegistry, client: redis.Redis) -> dict[str, object]
             5,
         )
     return {"status": "ready", "default_model": registry.default_model, "workers": workers}
+
+
+class ModelAvailability:
+    """Whether a live generation worker serves a model, as submit asks it for every job.
+
+    Answers are kept ``cache_seconds``: a heartbeat lives 15 s, so a second-old answer is
+    as good as a fresh one, and a burst of submits costs one Redis scan per model.
+    """
+
+    def __init__(self, client: redis.Redis, cache_seconds: float = 1.0):
+        self._client = client
+        self._cache_seconds = cache_seconds
+        self._seen: dict[str, tuple[float, bool]] = {}
+        self._lock = threading.Lock()
+
+    def is_served(self, model: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._seen.get(model)
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return cached[1]
+        served = bool(live_workers(self._client, model))
+        with self._lock:
+            self._seen[model] = (now, served)
+        return served

@@ -1,7 +1,10 @@
 """An owner's jobs, newest first, by status, a page at a time.
 
-The owner index outlives single jobs (each create extends it), so ids of jobs that have
-expired are still in it; a listing drops those as it passes them.
+Unfiltered listings walk the owner index; a status filter walks that status's index
+(kept by the transitions), so it reads only matching jobs however many others the
+owner has. The indexes outlive single jobs (each create extends them), so ids of jobs
+that have expired are still in them; a listing drops those as it passes them. A job may
+change status between reading its index entry and its record: the record decides.
 """
 
 from __future__ import annotations
@@ -10,24 +13,25 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from shared.jobstore.keys import owner_key
+from shared.jobstore.keys import owner_key, owner_status_key
 from shared.records import JobRecord
 from shared.schemas import JobStatus
 
 # How many ids to read per round trip: a status filter may skip most of them.
 _MIN_BATCH = 50
 
-# Up to ARGV[2] ids after ARGV[1] ('' = from the newest), newest first; nil when the
-# cursor is not in the index. One script, so the cursor's rank cannot move in between.
-# KEYS: owner index.
+# Up to ARGV[2] ids of the index KEYS[2] created before the job ARGV[1] ('' = from the
+# newest), newest first; nil when the cursor is not in the owner index KEYS[1]. By
+# creation time (the owner index's score), so a cursor whose job has since changed
+# status still says where the page ends. One script: nothing moves in between.
 _IDS_AFTER = r"""
-local start = 0
+local newest = '+inf'
 if ARGV[1] ~= '' then
-  local rank = redis.call('ZREVRANK', KEYS[1], ARGV[1])
-  if not rank then return false end
-  start = rank + 1
+  local created = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if not created then return false end
+  newest = '(' .. created
 end
-return redis.call('ZREVRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
+return redis.call('ZREVRANGEBYSCORE', KEYS[2], newest, '-inf', 'LIMIT', 0, tonumber(ARGV[2]))
 """
 
 ReadMany = Callable[[Sequence[str]], list[JobRecord | None]]
@@ -56,12 +60,13 @@ class JobListing:
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        index = owner_key(owner)
+        owners = owner_key(owner)
+        index = owners if status is None else owner_status_key(owner, status.value)
         jobs: list[JobRecord] = []
         after = cursor or ""
         batch = max(limit, _MIN_BATCH)
         while len(jobs) < limit:
-            ids = self._ids_after(keys=[index], args=[after, batch])
+            ids = self._ids_after(keys=[owners, index], args=[after, batch])
             if ids is None:
                 if after == (cursor or ""):
                     raise ValueError("cursor does not name one of your jobs")
@@ -80,5 +85,6 @@ class JobListing:
                         break
             if len(ids) < batch:
                 break  # that was the oldest
-        more = len(jobs) == limit and bool(self._ids_after(keys=[index], args=[jobs[-1].id, 1]))
+        more = len(jobs) == limit and bool(
+            self._ids_after(keys=[owners, index], args=[jobs[-1].id, 1]))
         return jobs, jobs[-1].id if more else None

@@ -6,6 +6,12 @@ channel and returns it (wire.py), all atomically: two racing transitions cannot 
 win, a terminal job never changes, and every transition emits exactly one event carrying
 the job as written. ``JobStore`` is the one door to it, and to the listing, the expiry
 index and the webhook log beside it.
+
+A worker claims a job under its heartbeat name (``mark_running(job_id, worker)``) and
+names itself on every later move, which then applies only while its claim stands: once
+the reaper has re-queued the job (its worker stopped beating) or another worker has
+claimed it, a late write of the old run changes nothing. The running index (claim times)
+is what the reaper reads, so it never scans all jobs.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 
+from shared.heartbeat import HEARTBEAT_PREFIX
 from shared.jobstore import idempotency, keys
 from shared.jobstore.expiry import ExpiryIndex
 from shared.jobstore.idempotency import IdempotencyConflict
@@ -26,12 +33,14 @@ from shared.jobstore.transitions import (
     CREATE,
     ID_IN_USE,
     QUEUE_EPOCH_US,
+    RECLAIM,
     REQUEST_CANCEL,
     TRANSITION,
     queue_weight,
 )
 from shared.jobstore.webhook_log import WebhookLog
 from shared.jobstore.wire import READ, decode_event, decode_reply, encode_doc
+from shared.priorities import queue_level_of
 from shared.records import JobEvent, JobRecord, OutputImage
 from shared.schemas import (
     ErrorCode,
@@ -49,6 +58,8 @@ log = logging.getLogger(__name__)
 EventHook = Callable[[JobRecord, EventType], None]
 
 _CANCELED = JobError(code=ErrorCode.CANCELED, message="the job was canceled")
+# Running jobs the reaper looks at per round trip.
+_RECLAIM_BATCH = 500
 
 
 class JobStore:
@@ -62,9 +73,13 @@ class JobStore:
         self._redis = client
         self._ttl = settings.job_ttl_seconds
         self._max_attempts = settings.task_max_attempts
+        self._hard_limit = settings.task_time_limit
+        self._reclaim_grace = settings.reaper_grace_seconds
+        self._heartbeat_ttl = settings.heartbeat_ttl_seconds
         self._on_event = on_event
         self._create = client.register_script(CREATE)
         self._transition = client.register_script(TRANSITION)
+        self._reclaim = client.register_script(RECLAIM)
         self._request_cancel = client.register_script(REQUEST_CANCEL)
         self._read = client.register_script(READ)
         self._listing = JobListing(client, self._read_many)
@@ -109,7 +124,7 @@ class JobStore:
                   keys.owner_key(record.owner), keys.queue_key(record.request.model),
                   idem_key, keys.EXPIRY_KEY],
             args=[record.id, keys.channel(record.id), encode_doc(record), self._ttl,
-                  queue_weight(record.request.priority),
+                  queue_weight(queue_level_of(record)),
                   idempotency.key_record(record.id, fingerprint), fingerprint or "",
                   keys.JOB_KEY_PREFIX, keys.WEBHOOKS_SUFFIX, QUEUE_EPOCH_US],
         )
@@ -138,47 +153,52 @@ class JobStore:
 
     # -- transitions --------------------------------------------------------------
 
-    def mark_running(self, job_id: str) -> JobRecord | None:
-        """Claim a job for a worker, counting an attempt; ``None``: do not run it (it is
-        finished, gone, or has been started too often and is now failed WORKER_LOST)."""
-        worker_lost = JobError(
-            code=ErrorCode.WORKER_LOST,
-            message=f"the job was started {self._max_attempts} times and no worker finished it",
-        )
+    def mark_running(self, job_id: str, worker: str = "") -> JobRecord | None:
+        """Claim a job for ``worker`` (its heartbeat name), counting an attempt; ``None``: do
+        not run it (it is finished, gone, or has been started too often and is now failed
+        WORKER_LOST). A running job is claimed again: its task was redelivered because
+        its worker died."""
         event = self._move(
             job_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.RUNNING,
-            EventType.STARTED, {"progress": Progress().model_dump_json()},
-            max_attempts=self._max_attempts, exhausted=worker_lost,
+            EventType.STARTED, {"progress": Progress().model_dump_json(), "worker": worker},
+            max_attempts=self._max_attempts, exhausted=self._worker_lost(),
         )
         return event.job if event is not None and event.type is EventType.STARTED else None
 
     def update_progress(
-        self, job_id: str, step: int, total_steps: int, eta_seconds: float | None
+        self, job_id: str, step: int, total_steps: int, eta_seconds: float | None,
+        worker: str | None = None,
     ) -> JobRecord | None:
-        """Record progress; only while running, so a late step cannot touch a finished job."""
+        """Record progress; only while running (under ``worker``'s claim, when given), so a
+        late step cannot touch a finished or re-queued job."""
         progress = Progress(step=step, total_steps=total_steps, eta_seconds=eta_seconds)
         event = self._move(job_id, (JobStatus.RUNNING,), JobStatus.RUNNING, EventType.PROGRESS,
-                           {"progress": progress.model_dump_json()})
+                           {"progress": progress.model_dump_json()}, claimant=worker)
         return None if event is None else event.job
 
     def mark_succeeded(
-        self, job_id: str, images: list[OutputImage], metrics: Metrics
+        self, job_id: str, images: list[OutputImage], metrics: Metrics, worker: str | None = None
     ) -> JobRecord | None:
+        """Finish a running job with its images (only under ``worker``'s claim, when given)."""
         fields = {
             "images": json.dumps([image.model_dump(mode="json") for image in images]),
             "metrics": metrics.model_dump_json(),
         }
-        return self._finish(job_id, JobStatus.SUCCEEDED, fields, (JobStatus.RUNNING,))
+        return self._finish(job_id, JobStatus.SUCCEEDED, fields, (JobStatus.RUNNING,), worker)
 
-    def mark_failed(self, job_id: str, code: ErrorCode, message: str) -> JobRecord | None:
-        """Fail a running job, or a queued one (e.g. its model cannot load: no attempt used)."""
+    def mark_failed(
+        self, job_id: str, code: ErrorCode, message: str, worker: str | None = None
+    ) -> JobRecord | None:
+        """Fail a running job, or a queued one (e.g. its model cannot load: no attempt used);
+        with ``worker``, only the running job it claimed."""
         error = JobError(code=code, message=message).model_dump_json()
         return self._finish(job_id, JobStatus.FAILED, {"error": error},
-                            (JobStatus.QUEUED, JobStatus.RUNNING))
+                            (JobStatus.QUEUED, JobStatus.RUNNING), worker)
 
-    def mark_canceled(self, job_id: str) -> JobRecord | None:
+    def mark_canceled(self, job_id: str, worker: str | None = None) -> JobRecord | None:
+        """Cancel a queued or running job; with ``worker``, only the running job it claimed."""
         return self._finish(job_id, JobStatus.CANCELED, {"error": _CANCELED.model_dump_json()},
-                            (JobStatus.QUEUED, JobStatus.RUNNING))
+                            (JobStatus.QUEUED, JobStatus.RUNNING), worker)
 
     def request_cancel(self, job_id: str) -> JobRecord | None:
         """Cancel now if queued; ask the worker to stop if running; leave terminal jobs be.
@@ -191,8 +211,45 @@ class JobStore:
         ))
         return None if event is None else event.job
 
-    def is_cancel_requested(self, job_id: str) -> bool:
-        return self._redis.hget(keys.job_key(job_id), "cancel") == "1"
+    def is_cancel_requested(self, job_id: str, worker: str | None = None) -> bool:
+        """Should a run of the job stop: its owner canceled it, or it no longer exists
+        (deleted mid-run). With ``worker``: also when the job is no longer running under
+        that worker's claim (re-queued by the reaper, finished, or claimed by another)."""
+        status, cancel, claimant = self._redis.hmget(
+            keys.job_key(job_id), ["status", "cancel", "worker"])
+        if status is None or cancel == "1":
+            return True
+        return worker is not None and (status != JobStatus.RUNNING or claimant != worker)
+
+    def reclaim(self, job_id: str, now: float | None = None) -> JobRecord | None:
+        """Take back one running job if its worker stopped (see ``reclaim_stalled``); the
+        job as written, or ``None`` when it was left as it is (or another caller won)."""
+        event = self._applied(self._reclaim(
+            keys=self._transition_keys(job_id), args=self._reclaim_args(job_id, now)))
+        return None if event is None else event.job
+
+    def reclaim_stalled(self, now: float | None = None) -> list[JobRecord]:
+        """Take back every running job whose worker stopped: its heartbeat expired or names
+        another job, or it ran past the hard time limit plus the grace. Each is re-queued
+        (``queued``: the caller publishes its task again), or failed ``timeout`` (past the
+        hard limit), ``worker_lost`` (no attempt left), or canceled (its owner asked).
+
+        ``now``: epoch seconds, default Redis's clock. Each job is one script, so reapers
+        racing in several API processes change it once. Returns the jobs changed.
+        """
+        # As many ids as jobs running at once (about one per worker process).
+        running = cast(list[str], self._redis.zrange(keys.RUNNING_KEY, 0, -1))
+        changed: list[JobRecord] = []
+        for first in range(0, len(running), _RECLAIM_BATCH):
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in running[first:first + _RECLAIM_BATCH]:
+                self._reclaim(keys=self._transition_keys(job_id),
+                              args=self._reclaim_args(job_id, now), client=pipe)
+            for reply in pipe.execute():
+                event = self._applied(reply)
+                if event is not None:
+                    changed.append(event.job)
+        return changed
 
     # -- the rest -----------------------------------------------------------------
 
@@ -201,12 +258,16 @@ class JobStore:
         doc, queue = self._redis.hmget(keys.job_key(job_id), ["doc", "queue"])
         if doc is None:
             return False
+        owner = json.loads(doc)["owner"]
         pipe = self._redis.pipeline()
         pipe.delete(keys.job_key(job_id), keys.webhooks_key(job_id))
-        pipe.zrem(keys.owner_key(json.loads(doc)["owner"]), job_id)
+        pipe.zrem(keys.owner_key(owner), job_id)
+        for status in JobStatus:
+            pipe.zrem(keys.owner_status_key(owner, status.value), job_id)
         if queue:
             pipe.zrem(queue, job_id)
         pipe.zrem(keys.EXPIRY_KEY, job_id)
+        pipe.zrem(keys.RUNNING_KEY, job_id)
         return pipe.execute()[0] > 0
 
     def record_webhook_attempt(self, job_id: str, attempt: WebhookAttempt) -> bool:
@@ -224,6 +285,28 @@ class JobStore:
     def _keys(job_id: str) -> list[str]:
         return [keys.job_key(job_id), keys.webhooks_key(job_id)]
 
+    @staticmethod
+    def _transition_keys(job_id: str) -> list[str]:
+        return [keys.job_key(job_id), keys.webhooks_key(job_id), keys.RUNNING_KEY]
+
+    def _worker_lost(self) -> JobError:
+        return JobError(
+            code=ErrorCode.WORKER_LOST,
+            message=f"the job was started {self._max_attempts} times and no worker finished it",
+        )
+
+    def _reclaim_args(self, job_id: str, now: float | None) -> list[Any]:
+        timeout = JobError(
+            code=ErrorCode.TIMEOUT,
+            message=f"the job ran past the {self._hard_limit} s hard time limit without "
+                    "finishing",
+        )
+        return [job_id, keys.channel(job_id), "" if now is None else repr(now),
+                self._hard_limit, repr(float(self._reclaim_grace)),
+                repr(float(self._heartbeat_ttl)), HEARTBEAT_PREFIX, self._max_attempts,
+                timeout.model_dump_json(), self._worker_lost().model_dump_json(),
+                _CANCELED.model_dump_json(), Progress().model_dump_json(), QUEUE_EPOCH_US]
+
     def _read_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
@@ -232,9 +315,10 @@ class JobStore:
         return [None if d is None else d[0].job for d in decoded]
 
     def _finish(
-        self, job_id: str, status: JobStatus, fields: dict[str, str], from_: tuple[JobStatus, ...]
+        self, job_id: str, status: JobStatus, fields: dict[str, str],
+        from_: tuple[JobStatus, ...], worker: str | None = None,
     ) -> JobRecord | None:
-        event = self._move(job_id, from_, status, EventType.COMPLETED, fields)
+        event = self._move(job_id, from_, status, EventType.COMPLETED, fields, claimant=worker)
         return None if event is None else event.job
 
     def _move(
@@ -246,12 +330,13 @@ class JobStore:
         fields: dict[str, str],
         max_attempts: int = 0,
         exhausted: JobError | None = None,
+        claimant: str | None = None,
     ) -> JobEvent | None:
         pairs = [item for field in fields.items() for item in field]
         reply = self._transition(
-            keys=self._keys(job_id),
+            keys=self._transition_keys(job_id),
             args=[job_id, keys.channel(job_id), " ".join(from_), to, event_type, max_attempts,
-                  exhausted.model_dump_json() if exhausted else "", *pairs],
+                  exhausted.model_dump_json() if exhausted else "", claimant or "", *pairs],
         )
         return self._applied(reply)
 

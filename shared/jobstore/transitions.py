@@ -9,19 +9,17 @@ from __future__ import annotations
 
 from shared.jobstore import idempotency
 from shared.jobstore.wire import LUA_LIBRARY
-from shared.schemas import Priority
 
-# Queue scores order by priority, then age: weight + µs since 2025. Scores are doubles,
-# exact up to 2**53 ~ 9.007e15, which fits three priorities 3e15 µs (95 years) apart.
-# ``Priority`` is declared low to high; high goes first.
-_QUEUE_RANK = {priority: rank for rank, priority in enumerate(reversed(Priority))}
-assert len(_QUEUE_RANK) <= 3
+# Queue scores order by queue level (shared.celery_app.queue_level: the priority band,
+# then fair share within it), then age: level * LEVEL_WEIGHT + µs since 2025. Scores are
+# doubles, exact up to 2**53 ~ 9.007e15: ten levels 8e14 µs (25 years) apart fit.
+LEVEL_WEIGHT = 8 * 10**14
 QUEUE_EPOCH_US = 1_735_689_600 * 10**6  # 2025-01-01T00:00:00Z
 
 
-def queue_weight(priority: Priority) -> int:
-    """The part of a queue score that puts higher priorities first."""
-    return _QUEUE_RANK[priority] * 3 * 10**15
+def queue_weight(level: int) -> int:
+    """The part of a queue score that puts lower levels (served first) first."""
+    return level * LEVEL_WEIGHT
 
 
 # Create reply when the id is taken.
@@ -37,7 +35,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {-2, ARGV[1]} end
 local now = stamp(KEYS[1])
 local at = iso(now)
 redis.call('HSET', KEYS[1], 'doc', ARGV[3], 'status', 'queued', 'created_at', at,
-           'updated_at', at, 'attempts', '0', 'queue', KEYS[4])
+           'updated_at', at, 'attempts', '0', 'queue', KEYS[4], 'weight', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[3], string.format('%d', now), ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
@@ -46,18 +44,26 @@ redis.call('ZADD', KEYS[4], string.format('%d', tonumber(ARGV[5]) + age), ARGV[1
 redis.call('ZADD', KEYS[6], string.format('%.6f', now / 1e6 + tonumber(ARGV[4])), ARGV[1])
 return reply(KEYS, ARGV[1], ARGV[2], 'queued')
 """
-# Move a job to a new status if its current one is allowed, and set fields.
-# KEYS: job, webhooks. ARGV: job id, channel, allowed statuses (space separated), new
-#   status, event, max attempts (0 = this move does not count one), the error to fail
-#   with once attempts ran out, then field/value pairs.
+# Move a job to a new status if its current one is allowed, and set fields. A move made
+# for a worker names it (the claimant): it applies only while that worker's claim on the
+# running job stands, so a worker whose job was re-queued or taken over cannot touch it.
+# Keeps the running index: a claim files the job under its time, leaving running drops it.
+# KEYS: job, webhooks, running index. ARGV: job id, channel, allowed statuses (space
+#   separated), new status, event, max attempts (0 = this move does not count one), the
+#   error to fail with once attempts ran out, claimant ('' = anyone), then field/value
+#   pairs.
 TRANSITION = LUA_LIBRARY + r"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or not string.find(' ' .. ARGV[3] .. ' ', ' ' .. status .. ' ', 1, true) then
   return false
 end
+if ARGV[8] ~= '' and (status ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[8])
+then
+  return false
+end
 local to, event = ARGV[4], ARGV[5]
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 local max_attempts = tonumber(ARGV[6])
 if max_attempts > 0 then
   local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
@@ -69,7 +75,8 @@ if max_attempts > 0 then
     fields[#fields + 1] = tostring(attempts + 1)
   end
 end
-local at = iso(stamp(KEYS[1]))
+local us = stamp(KEYS[1])
+local at = iso(us)
 fields[#fields + 1] = 'status'
 fields[#fields + 1] = to
 fields[#fields + 1] = 'updated_at'
@@ -85,7 +92,83 @@ redis.call('HSET', KEYS[1], unpack(fields))
 if status == 'queued' and to ~= 'queued' then
   redis.call('ZREM', redis.call('HGET', KEYS[1], 'queue'), ARGV[1])
 end
+if to == 'running' then
+  if event == 'started' then
+    redis.call('ZADD', KEYS[3], string.format('%.6f', us / 1e6), ARGV[1])
+  end
+elseif status == 'running' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
 return reply(KEYS, ARGV[1], ARGV[2], event)
+"""
+
+# Take back a running job whose worker stopped, if it has: only one of several reapers
+# racing on a job wins, since the check and the move are this one script. Stalled means
+#   - running longer than the hard time limit plus a grace: its worker, alive or not, did
+#     not stop it (a hung process Celery could not kill) -> failed, timeout;
+#   - or its claiming worker no longer beats for it: the heartbeat key expired (crashed,
+#     stopped, cut off from Redis), or, once the claim is older than a heartbeat's
+#     lifetime, the key names another job or none (the task ended without finishing the
+#     job) -> failed, timeout past the hard limit (Celery killed it for that); failed,
+#     worker_lost when no attempt is left; else re-queued for the caller to publish again.
+# A job whose owner asked to cancel it is canceled instead. A job no longer running
+# leaves the index. Answers false when nothing changed.
+# KEYS: job, webhooks, running index. ARGV: job id, channel, now in epoch seconds ('' =
+#   Redis's clock), hard time limit, grace, heartbeat lifetime (all seconds), heartbeat
+#   key prefix, max attempts, timeout error, worker-lost error, cancel error, progress of a
+#   job not started, queue epoch (µs). A re-queued job keeps the queue weight it was
+#   created with (hash field ``weight``), so it goes back where it stood.
+RECLAIM = LUA_LIBRARY + r"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return false
+end
+local claimed = tonumber(redis.call('ZSCORE', KEYS[3], ARGV[1]))
+if not claimed then return false end
+local now = tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+local elapsed = now - claimed
+local hard = tonumber(ARGV[4])
+local request = cjson.decode(redis.call('HGET', KEYS[1], 'doc')).request
+local verdict = nil
+if elapsed > hard + tonumber(ARGV[5]) then
+  verdict = 'timeout'
+else
+  local worker = redis.call('HGET', KEYS[1], 'worker') or ''
+  if worker ~= '' then
+    -- The key shared.heartbeat.heartbeat_key names; its value is the job being run.
+    local beat = redis.call('GET', ARGV[7] .. ':' .. request.model .. ':' .. worker)
+    if beat ~= ARGV[1] and (not beat or elapsed >= tonumber(ARGV[6])) then
+      verdict = elapsed >= hard and 'timeout' or 'lost'
+    end
+  end
+end
+if not verdict then return false end
+redis.call('ZREM', KEYS[3], ARGV[1])
+local us = stamp(KEYS[1])
+local at = iso(us)
+local to, err = nil, nil
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then
+  to, err = 'canceled', ARGV[11]
+elseif verdict == 'timeout' then
+  to, err = 'failed', ARGV[9]
+elseif tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[8]) then
+  to, err = 'failed', ARGV[10]
+end
+if to then
+  redis.call('HSET', KEYS[1], 'status', to, 'error', err, 'updated_at', at, 'finished_at', at)
+  return reply(KEYS, ARGV[1], ARGV[2], 'completed')
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'progress', ARGV[12], 'updated_at', at)
+redis.call('HDEL', KEYS[1], 'worker')
+local weight = tonumber(redis.call('HGET', KEYS[1], 'weight') or '0')
+redis.call('ZADD', redis.call('HGET', KEYS[1], 'queue'),
+           string.format('%d', weight + us - tonumber(ARGV[13])), ARGV[1])
+return reply(KEYS, ARGV[1], ARGV[2], 'queued')
 """
 
 # Queued: canceled now. Running: flag it for the worker, which polls it every step.

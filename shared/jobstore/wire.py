@@ -11,13 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.jobstore.keys import OWNER_PREFIX, STATUS_INFIX
 from shared.records import JobEvent, JobRecord
+from shared.schemas import JobStatus
 
 # The immutable part of a record, kept as one JSON ``doc`` field of the job hash.
-DOC_FIELDS = frozenset({"id", "owner", "request", "warnings", "inputs", "metadata"})
+DOC_FIELDS = frozenset({"id", "owner", "request", "warnings", "inputs", "metadata",
+                        "queue_level"})
 
 # Lua helpers every job script starts with (scripts are this text plus their own body).
-LUA_LIBRARY = r"""
+LUA_LIBRARY = f"""
+local OWNER_PREFIX = '{OWNER_PREFIX}'
+local STATUS_INFIX = '{STATUS_INFIX}'
+local STATUSES = {{{", ".join(repr(s.value) for s in JobStatus)}}}
+""" + r"""
 -- Microseconds since the epoch on Redis's clock, strictly after the job's previous
 -- stamp: all hosts share one clock, and every write of a job has a later updated_at
 -- than the one before, so subscribers can tell an old event from a new one by it.
@@ -76,11 +83,31 @@ end
 -- The event that announces a job already in a status (what a read reports).
 local STATUS_EVENT = {queued = 'queued', running = 'started'}
 
+-- File the job under its status in its owner's status index (and under no other), with
+-- the owner index's score (creation time) and lifetime.
+local function index_status(job_key, job_id, status)
+  local owner = cjson.decode(redis.call('HGET', job_key, 'doc')).owner
+  local owner_key = OWNER_PREFIX .. owner
+  local created = redis.call('ZSCORE', owner_key, job_id)
+  local ttl = redis.call('TTL', owner_key)
+  for _, other in ipairs(STATUSES) do
+    local key = owner_key .. STATUS_INFIX .. other
+    if other == status and created then
+      redis.call('ZADD', key, created, job_id)
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    else
+      redis.call('ZREM', key, job_id)
+    end
+  end
+end
+
 -- End of every job script: {1, message} after publishing ``event`` with the job as
 -- written, or {0, message} (nothing published) when ``event`` is nil; false if no job.
+-- A script that publishes a change of status also files the job's new status.
 local function reply(keys, job_id, channel, event)
   local job, status = job_json(keys[1], keys[2], job_id)
   if not job then return false end
+  if event and event ~= 'progress' then index_status(keys[1], job_id, status) end
   local published = event and 1 or 0
   event = event or STATUS_EVENT[status] or 'completed'
   local message = '{"type":"' .. event .. '","job":' .. job .. '}'

@@ -12,6 +12,8 @@ import redis.asyncio as aioredis
 
 from api.errors import NotFound
 from api.services import events as events_module
+from api.services.auth import Caller
+from api.services.event_hub import EventHub
 from api.services.events import JobEvents
 from shared.jobstore import JobStore
 from shared.records import JobRecord, public_job
@@ -45,6 +47,9 @@ class ReadCountingStore(JobStore):
         return record
 
 
+PUBLIC = Caller("public")
+
+
 @pytest.fixture
 def store(redis_url: str) -> Iterator[ReadCountingStore]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -55,7 +60,9 @@ def store(redis_url: str) -> Iterator[ReadCountingStore]:
 @pytest.fixture
 async def events(redis_url: str, store: ReadCountingStore) -> AsyncIterator[JobEvents]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield JobEvents(redis=client, store=store)
+    hub = EventHub(client, max_streams=100, max_streams_per_owner=100)
+    yield JobEvents(hub=hub, store=store)
+    await hub.aclose()
     await client.aclose()
 
 
@@ -145,7 +152,7 @@ async def test_stream_relays_each_event_with_its_own_job_and_ends(
     events: JobEvents, store: ReadCountingStore
 ) -> None:
     queued, _ = store.create(make_record())
-    stream = await events.stream(queued.id, "public")
+    stream = await events.stream(queued.id, PUBLIC)
     first = await anext(stream)
     running = store.mark_running(queued.id)
     steps = [store.update_progress(queued.id, n, 4, 0.1) for n in (1, 2)]
@@ -170,7 +177,7 @@ async def test_stream_does_not_repeat_events_from_before_its_first_read(
     # Published after the stream subscribed, before it read: in its buffer and in the read.
     store.before_first_read = lambda: (store.mark_running(queued.id),
                                        store.update_progress(queued.id, 1, 4, None))
-    stream = await events.stream(queued.id, "public")
+    stream = await events.stream(queued.id, PUBLIC)
     first = await anext(stream)
     failed = store.mark_failed(queued.id, ErrorCode.GENERATION_FAILED, "it broke")
     rest = await collect(stream)  # ends at completed: a repeat would have come before it
@@ -184,7 +191,7 @@ async def test_stream_of_a_finished_job_sends_completed_and_ends(
 ) -> None:
     job_id = store.create(make_record())[0].id
     run_to_success(store, job_id)
-    received = await collect(await events.stream(job_id, "public"))
+    received = await collect(await events.stream(job_id, PUBLIC))
     assert [(name, data["status"]) for name, data in received] == [("completed", "succeeded")]
 
 
@@ -192,17 +199,17 @@ async def test_stream_of_a_missing_or_someone_elses_job_is_not_found(
     events: JobEvents, store: ReadCountingStore
 ) -> None:
     with pytest.raises(NotFound):
-        await events.stream("job_" + "0" * 24, "public")
+        await events.stream("job_" + "0" * 24, PUBLIC)
     theirs = store.create(make_record(owner="bob"))[0]
     with pytest.raises(NotFound):
-        await events.stream(theirs.id, "public")
+        await events.stream(theirs.id, PUBLIC)
 
 
 async def test_a_quiet_stream_rechecks_and_ends_on_a_finish_it_missed(
     events: JobEvents, store: ReadCountingStore, lost_messages: None
 ) -> None:
     queued, _ = store.create(make_record())
-    stream = await events.stream(queued.id, "public")
+    stream = await events.stream(queued.id, PUBLIC)
     assert (await anext(stream))["event"] == "queued"
     canceled = store.request_cancel(queued.id)
     received = await collect(stream)
@@ -214,7 +221,7 @@ async def test_a_quiet_stream_ends_when_its_job_is_deleted(
     events: JobEvents, store: ReadCountingStore, lost_messages: None
 ) -> None:
     queued, _ = store.create(make_record())
-    stream = await events.stream(queued.id, "public")
+    stream = await events.stream(queued.id, PUBLIC)
     assert (await anext(stream))["event"] == "queued"
     store.delete(queued.id)
     assert await collect(stream) == []

@@ -22,6 +22,7 @@ def test_healthz_is_always_ok(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
+@pytest.mark.no_workers
 def test_readyz_needs_a_worker_for_the_default_model(
     client: TestClient, redis_url: str
 ) -> None:
@@ -45,6 +46,7 @@ def test_readyz_reports_redis_down(settings: Settings) -> None:
     assert response.headers["Retry-After"] == "5"
 
 
+@pytest.mark.no_workers
 def test_models_lists_specs_and_live_availability(client: TestClient, redis_url: str) -> None:
     [model] = [m for m in client.get("/v1/models").json() if m["name"] == "tiny-random"]
     assert model["available"] is False and model["workers"] == 0

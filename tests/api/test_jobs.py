@@ -5,15 +5,19 @@ from __future__ import annotations
 import base64
 import io
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from shared.heartbeat import beat, heartbeat_key
 from shared.jobstore import JobStore
 from shared.records import OutputImage
 from shared.schemas import Job, Metrics, OutputFormat
 from shared.storage import Storage, image_key, input_key
 from tests.api.conftest import png_b64, queued_tasks, task_job_ids
+
+UNKNOWN = "job_" + "0" * 24
 
 
 def submit(client: TestClient, body: dict | None = None, **headers: str) -> dict:
@@ -47,7 +51,7 @@ def test_submit_answers_202_with_defaults_and_seeds_resolved(
     assert (params["model"], params["width"], params["height"]) == ("tiny-random", 64, 64)
     assert (params["steps"], params["guidance_scale"], params["scheduler"]) == (4, 5.0, "ddim")
     assert params["seeds"] == [42, 43, 44] and params["strength"] is None
-    assert list(queued_tasks(broker)) == ["gen.tiny-random:5"]  # normal priority
+    assert list(queued_tasks(broker)) == ["gen.tiny-random:3"]  # normal: its band's first level
     assert task_job_ids(broker) == [job["id"]]
 
 
@@ -70,7 +74,10 @@ def test_priority_picks_the_broker_list_and_the_queue_position(
     low = submit(client, {"prompt": "a cat", "priority": "low"})
     high = submit(client, {"prompt": "a cat", "priority": "high"})
 
-    assert sorted(queued_tasks(broker)) == ["gen.tiny-random", "gen.tiny-random:5", "gen.tiny-random:9"]
+    # Each priority's band (high 0-2, normal 3-6, low 7-9), one level back per job the
+    # same key already has queued (fair share): normal 3, then low 8, then high 1.
+    assert sorted(queued_tasks(broker)) == [
+        "gen.tiny-random:1", "gen.tiny-random:3", "gen.tiny-random:8"]
     assert high["queue_position"] == 0
     positions = {j["id"]: client.get(f"/v1/jobs/{j['id']}").json()["queue_position"]
                  for j in (normal, low, high)}
@@ -169,6 +176,17 @@ def test_list_refuses_bad_limits_and_cursors(client: TestClient) -> None:
         response = client.get("/v1/jobs", params=params)
         assert response.status_code == 422, params
         assert response.json()["error"]["field"] == field
+    # Well formed, but none of the caller's jobs: nothing to page from.
+    unknown = client.get("/v1/jobs", params={"cursor": UNKNOWN})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == {"code": "cursor_not_found", "field": "cursor",
+                                       "message": unknown.json()["error"]["message"]}
+
+
+def test_a_wrong_method_lists_every_method_of_the_path(client: TestClient) -> None:
+    response = client.put(f"/v1/jobs/{UNKNOWN}")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "DELETE, GET"
 
 
 def test_cancel_queued_job_and_terminal_jobs_stay_terminal(
@@ -185,7 +203,7 @@ def test_cancel_queued_job_and_terminal_jobs_stay_terminal(
     response = client.post(f"/v1/jobs/{done['id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "succeeded"
 
-    assert client.post("/v1/jobs/job_nope/cancel").status_code == 404
+    assert client.post(f"/v1/jobs/{UNKNOWN}/cancel").status_code == 404
 
 
 def test_cancel_running_job_asks_the_worker_to_stop(client: TestClient, store: JobStore) -> None:
@@ -269,25 +287,63 @@ def test_image_endpoint(client: TestClient, store: JobStore, storage: Storage) -
 
     assert client.get(f"/v1/jobs/{job['id']}/images/2").status_code == 404
     assert client.get(f"/v1/jobs/{job['id']}/images/-1").status_code == 422
-    assert client.get("/v1/jobs/job_nope/images/0").status_code == 404
+    assert client.get(f"/v1/jobs/{UNKNOWN}/images/0").status_code == 404
 
 
-def test_enqueue_failure_marks_the_job_failed_and_answers_503(
+def test_a_stored_job_whose_task_cannot_be_queued_is_answered_202_failed(
     state, client: TestClient, store: JobStore, settings, monkeypatch
 ) -> None:
     from shared.celery_app import make_celery
 
     unreachable = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     monkeypatch.setattr(state, "celery", make_celery(unreachable))
-    response = client.post("/v1/jobs", json={"prompt": "a cat"})
+    headers = {"Idempotency-Key": "once"}
+    response = client.post("/v1/jobs", json={"prompt": "a cat"}, headers=headers)
 
+    # Stored, so the client learns the job and its fate, not an error inviting a retry...
+    assert response.status_code == 202
+    job = response.json()
+    assert job["status"] == "failed" and job["error"]["code"] == "enqueue_failed"
+    # ...and a retry with the same key is the same job, not a duplicate.
+    again = client.post("/v1/jobs", json={"prompt": "a cat"}, headers=headers)
+    assert again.status_code == 202 and again.json()["id"] == job["id"]
+    assert len(store.list_jobs("public")[0]) == 1
+
+
+def test_a_model_no_worker_serves_is_refused_with_503_and_nothing_stored(
+    client: TestClient, store: JobStore, broker: redis.Redis, redis_url: str
+) -> None:
+    broker.delete(heartbeat_key("tiny-random", "test-worker"))
+    response = client.post("/v1/jobs", json={"prompt": "a cat"})
     assert response.status_code == 503
-    assert response.json()["error"]["code"] == "enqueue_failed"
-    [job], _ = store.list_jobs("public")
-    assert job.status == "failed" and job.error.code == "enqueue_failed"
+    assert response.json()["error"]["code"] == "model_unavailable"
+    assert int(response.headers["Retry-After"]) > 0
+    assert store.list_jobs("public") == ([], None) and queued_tasks(broker) == {}
+
+
+def test_a_worker_coming_back_makes_the_model_available_again(
+    client: TestClient, broker: redis.Redis, state
+) -> None:
+    broker.delete(heartbeat_key("tiny-random", "test-worker"))
+    assert client.post("/v1/jobs", json={"prompt": "a cat"}).status_code == 503
+    beat(broker, "tiny-random", "new-worker")
+    state.availability._seen.clear()  # what the next second would do
+    assert client.post("/v1/jobs", json={"prompt": "a cat"}).status_code == 202
 
 
 def test_b64_data_url_is_accepted(client: TestClient) -> None:
     data_url = "data:image/png;base64," + png_b64((64, 64))
     job = submit(client, {"prompt": "a cat", "task": "image-to-image", "init_image": data_url})
     assert job["request"]["width"] == 64
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/{id}", "/v1/jobs/{id}/cancel", "/v1/jobs/{id}/events",
+                                  "/v1/jobs/{id}/images/0"])
+@pytest.mark.parametrize("job_id", ["job_nope", UNKNOWN + ":webhooks", "job_" + "A" * 24, "x" * 500])
+def test_a_malformed_job_id_is_refused_before_it_reaches_redis(
+    client: TestClient, path: str, job_id: str
+) -> None:
+    method = client.post if path.endswith("/cancel") else client.get
+    response = method(path.format(id=job_id))
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "job_id"

@@ -13,6 +13,8 @@ from shared.jobstore import JobStore
 from shared.schemas import ErrorCode, Metrics
 from shared.settings import Settings
 
+UNKNOWN = "job_" + "0" * 24
+
 
 def submit(client: TestClient) -> str:
     response = client.post("/v1/jobs", json={"prompt": "a cat"})
@@ -162,6 +164,6 @@ def test_sse_for_a_finished_job_sends_completed_and_closes(
 
 
 def test_sse_for_an_unknown_job_is_a_404(client: TestClient) -> None:
-    response = client.get("/v1/jobs/job_nope/events")
+    response = client.get(f"/v1/jobs/{UNKNOWN}/events")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "job_not_found"

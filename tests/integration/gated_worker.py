@@ -17,7 +17,8 @@ from worker.generation_worker import app, settings
 __all__ = ["app"]
 
 _report_step = tasks.ProgressReporter.__call__
-_client = redis.Redis.from_url(settings.redis_url)
+# Its own socket timeout: redis-py's default (5 s) would end the BLPOP before the release.
+_client = redis.Redis.from_url(settings.redis_url, socket_timeout=RELEASE_SECONDS + 5)
 
 
 def _held_report(self: tasks.ProgressReporter, step: int, total_steps: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -76,3 +77,22 @@ def test_410_stops_deliveries(service: Service, receiver: WebhookReceiver) -> No
     assert len(sent_before_marker(receiver, "/gone")) == 1
     recorded = job_after_attempts(service, job["id"], 2)["webhook_attempts"]
     assert [a["status_code"] for a in recorded if a["event_id"].startswith("evt_job")] == [410]
+
+
+def test_webhook_credentials_and_query_are_hidden_but_used(service: Service,
+                                                          receiver: WebhookReceiver) -> None:
+    url = f"http://hook-user:s3cret@127.0.0.1:{receiver.port}/private?token=abc"
+    shown = f"http://***@127.0.0.1:{receiver.port}/private?***"
+    submitted = service.submit({"prompt": "secret", "steps": 2, "webhook": {"url": url}})
+    assert submitted["request"]["webhook"]["url"] == shown
+    job = service.wait(submitted["id"])
+    assert job["request"]["webhook"]["url"] == shown
+    listed = service.client.get("/v1/jobs").json()["jobs"]
+    assert [j["request"]["webhook"]["url"] for j in listed if j["id"] == job["id"]] == [shown]
+    # Delivered to the URL as given: its query, and its userinfo as basic auth.
+    [request] = receiver.wait_for(1, timeout=20, path="/private?token=abc")
+    credentials = base64.b64encode(b"hook-user:s3cret").decode()
+    assert request.headers["authorization"] == f"Basic {credentials}"
+    body = Webhook(service.webhook_secret).verify(request.body, request.headers)
+    assert body["data"]["request"]["webhook"]["url"] == shown
+    assert b"s3cret" not in request.body and b"token=abc" not in request.body

@@ -89,16 +89,22 @@ def without_node_name(argv: list[str]) -> list[str]:
 # --- docker-compose.yml -------------------------------------------------------------------
 
 
+TEST_ADMIN_KEY = "ltd_" + "k" * 32
+
+
 def test_docker_compose_accepts_the_file(tmp_path):
-    env = {"LATENTD_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET}
+    env = {"LATENTD_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET, "LATENTD_ADMIN_KEY": TEST_ADMIN_KEY}
     result = docker_compose(tmp_path, "config", "-q", env=env)
     assert result.returncode == 0, result.stderr
 
 
-def test_docker_compose_refuses_to_start_without_a_webhook_secret(tmp_path):
-    result = docker_compose(tmp_path, "config", "-q", env={})
+@pytest.mark.parametrize("missing", ["LATENTD_WEBHOOK_SECRET", "LATENTD_ADMIN_KEY"])
+def test_docker_compose_refuses_to_start_without_a_secret(tmp_path, missing):
+    env = {"LATENTD_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET, "LATENTD_ADMIN_KEY": TEST_ADMIN_KEY}
+    del env[missing]
+    result = docker_compose(tmp_path, "config", "-q", env=env)
     assert result.returncode != 0
-    assert "LATENTD_WEBHOOK_SECRET" in result.stderr
+    assert missing in result.stderr
 
 
 def test_redis_persists_every_accepted_job_to_a_named_volume():

@@ -45,3 +45,15 @@ def test_a_built_app_takes_its_broker_and_limits_from_the_settings() -> None:
     # Kombu's Redis transport serves lower numbers first.
     assert PRIORITY_LEVELS[Priority.HIGH] < PRIORITY_LEVELS[Priority.NORMAL] < PRIORITY_LEVELS[
         Priority.LOW]
+
+
+def test_fair_share_moves_a_flooding_keys_jobs_back_within_their_band() -> None:
+    from shared.priorities import PRIORITY_BANDS, queue_level
+
+    for priority, band in PRIORITY_BANDS.items():
+        levels = [queue_level(priority, queued) for queued in (0, 1, 3, 4, 15, 16, 10_000)]
+        assert levels == sorted(levels) and set(levels) <= set(band)
+        assert levels[0] == band[0] and levels[-1] == band[-1]
+    # No flood in a band reaches the next band: high stays ahead of normal, normal of low.
+    assert queue_level(Priority.HIGH, 10_000) < queue_level(Priority.NORMAL, 0)
+    assert queue_level(Priority.NORMAL, 10_000) < queue_level(Priority.LOW, 0)

@@ -66,3 +66,53 @@ def test_expired_ids_are_skipped_and_dropped_from_the_index(
 def test_a_limit_below_one_is_refused(store: JobStore) -> None:
     with pytest.raises(ValueError, match="limit"):
         store.list_jobs("public", limit=0)
+
+
+class CountingStore(JobStore):
+    """Counts the job records a listing reads."""
+
+    reads = 0
+
+    def _read_many(self, job_ids):
+        CountingStore.reads += len(job_ids)
+        return super()._read_many(job_ids)
+
+
+def test_a_status_filter_reads_only_jobs_in_that_status(
+    redis_client: redis.Redis, store_settings
+) -> None:
+    store = CountingStore(redis_client, store_settings)
+    ids = create_many(store, 300)
+    store.mark_running(ids[10])
+    CountingStore.reads = 0
+    page, cursor = store.list_jobs("public", status=JobStatus.RUNNING)
+    assert [j.id for j in page] == [ids[10]] and cursor is None
+    assert CountingStore.reads == 1  # not 300: the status index holds just that one
+
+
+def test_the_status_index_follows_every_change_and_delete(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    from shared.jobstore.keys import owner_status_key
+
+    def filed() -> dict[str, list[str]]:
+        return {s.value: redis_client.zrange(owner_status_key("public", s.value), 0, -1)
+                for s in JobStatus if redis_client.exists(owner_status_key("public", s.value))}
+
+    [job_id] = create_many(store, 1)
+    assert filed() == {"queued": [job_id]}
+    store.mark_running(job_id)
+    assert filed() == {"running": [job_id]}
+    store.mark_canceled(job_id)
+    assert filed() == {"canceled": [job_id]}
+    store.delete(job_id)
+    assert filed() == {}
+
+
+def test_a_cursor_whose_job_changed_status_still_pages_on(store: JobStore) -> None:
+    ids = create_many(store, 5)
+    page, cursor = store.list_jobs("public", status=JobStatus.QUEUED, limit=2)
+    assert [j.id for j in page] == [ids[4], ids[3]] and cursor == ids[3]
+    store.mark_running(ids[3])  # the cursor's job is no longer queued
+    page, cursor = store.list_jobs("public", status=JobStatus.QUEUED, limit=2, cursor=cursor)
+    assert [j.id for j in page] == [ids[2], ids[1]]

@@ -51,7 +51,7 @@ def test_an_inconsistent_spec_is_refused() -> None:
 
 
 def test_an_unregistered_default_or_worker_model_names_the_setting() -> None:
-    with pytest.raises(ValueError, match="LATENTD_DEFAULT_MODEL 'nope'.*known: emoji"):
+    with pytest.raises(ValueError, match="LATENTD_DEFAULT_MODEL 'nope'.*known: emoji\\)"):
         registry(default_model="nope")
     with pytest.raises(ValueError, match="LATENTD_WORKER_MODELS names 'nope'"):
         registry(worker_models="emoji,nope")
@@ -83,3 +83,9 @@ def test_a_flow_matching_folder_gets_its_own_scheduler_and_flux_distilled_guidan
 
 def test_each_model_has_its_own_queue() -> None:
     assert queue_for_model("emoji") != queue_for_model("tiny-random")
+
+
+def test_the_test_model_is_offered_only_where_the_settings_name_it() -> None:
+    assert "tiny-random" not in registry().names()
+    assert "tiny-random" in registry(default_model="tiny-random").names()
+    assert "tiny-random" in registry(worker_models="emoji,tiny-random").names()

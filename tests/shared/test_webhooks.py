@@ -16,18 +16,20 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared.celery_app import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE
-from shared.records import JobRecord, public_job
+from shared.records import JobRecord, public_job, redact_url
 from shared.schemas import EventType, Job, JobStatus, Progress, WebhookSpec
 from shared.settings import Settings
 from shared.webhooks import (
     PROGRESS_THROTTLE_KEY,
     WebhookHostUnresolvable,
     WebhookPublisher,
+    WebhookTarget,
     WebhookURLRefused,
     build_event,
     check_webhook_url,
     enqueue_webhook,
     event_id,
+    resolve_webhook_target,
     sign,
 )
 from tests.factories import make_plan, make_record
@@ -71,6 +73,12 @@ REFUSED = [
     "http://224.0.0.1/hook",  # multicast
     "http://240.0.0.1/hook",  # reserved
     "http://100.64.0.1/hook",  # carrier-grade NAT
+    "http://[fec0::1]/hook",  # site-local (deprecated, still routed inside)
+    "http://[2002:7f00:1::1]/hook",  # 6to4 of 127.0.0.1
+    "http://[2002:a00:5::1]/hook",  # 6to4 of 10.0.0.5
+    "http://[2002:a9fe:a9fe::1]/hook",  # 6to4 of 169.254.169.254
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",  # Teredo, client 192.0.2.45
+    "http://[2001:0:a00:1:0:f227:80ff:fffe]/hook",  # Teredo, 10.0.0.1 and 127.0.0.1
     "ftp://93.184.216.34/hook",
     "file:///etc/passwd",
     "gopher://93.184.216.34/",
@@ -85,7 +93,8 @@ def test_private_or_non_http_urls_are_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize("url", ["http://93.184.216.34/hook", "https://93.184.216.34:8443/x",
-                                 "https://[2606:2800:220:1:248:1893:25c8:1946]/hook"])
+                                 "https://[2606:2800:220:1:248:1893:25c8:1946]/hook",
+                                 "http://[2002:5db8:d822::1]/hook"])  # 6to4 of 93.184.216.34
 def test_public_literal_ips_are_accepted_without_dns(url: str, monkeypatch) -> None:
     def no_dns(*args: object, **kwargs: object) -> None:
         raise AssertionError("a literal IP must not need DNS")
@@ -102,6 +111,44 @@ def test_a_name_with_any_private_record_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
     with pytest.raises(WebhookURLRefused, match="10.0.0.5"):
         check_webhook_url("https://hooks.example.com/x", Settings())
+
+
+def test_a_name_whose_record_embeds_a_private_ipv4_is_refused(monkeypatch) -> None:
+    def resolve(host: str, port: int, **kwargs: object) -> list:
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2002:c0a8:101::1", port, 0, 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with pytest.raises(WebhookURLRefused, match="2002:c0a8:101::1"):  # 192.168.1.1
+        check_webhook_url("https://hooks.example.com/x", Settings())
+
+
+def test_the_target_carries_every_checked_address_once(monkeypatch) -> None:
+    lookups = []
+
+    def resolve(host: str, port: int, **kwargs: object) -> list:
+        lookups.append((host, port))
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2606:2800::1", port, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    target = resolve_webhook_target("https://Hooks.Example.com/x", Settings())
+    assert target == WebhookTarget("hooks.example.com", 443, ("2606:2800::1", "93.184.216.34"))
+    assert lookups == [("hooks.example.com", 443)]
+
+
+def test_the_target_is_resolved_even_when_private_is_allowed(monkeypatch) -> None:
+    def resolve(host: str, port: int, **kwargs: object) -> list:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    allowed = Settings(webhook_allow_private=True)
+    # Nothing to check at submit, but delivery still connects only to what it resolved.
+    check_webhook_url("http://inside.example:8080/x", allowed)
+    assert resolve_webhook_target("http://inside.example:8080/x", allowed) == WebhookTarget(
+        "inside.example", 8080, ("10.0.0.5",))
+    with pytest.raises(WebhookURLRefused):
+        resolve_webhook_target("http://inside.example:8080/x", Settings())
 
 
 def test_a_name_that_does_not_resolve_is_unresolvable_not_refused(monkeypatch) -> None:
@@ -152,6 +199,32 @@ def test_build_event_carries_the_job_as_json() -> None:
     assert build_event(job, EventType.PROGRESS)["type"] == "job.progress"
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://user:s3cret@hooks.example.com/path?token=abc&x=1",
+     "https://***@hooks.example.com/path?***"),
+    ("https://token@hooks.example.com:8443/a/b", "https://***@hooks.example.com:8443/a/b"),
+    ("http://hooks.example.com/x?sig=1", "http://hooks.example.com/x?***"),
+    ("http://u:p@[2606:2800::1]:8080/x?q", "http://***@[2606:2800::1]:8080/x?***"),
+    ("https://hooks.example.com/plain", "https://hooks.example.com/plain"),
+])
+def test_redact_url_hides_userinfo_and_query(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_the_public_job_and_event_hide_webhook_credentials_but_the_record_keeps_them() -> None:
+    url = "https://user:s3cret@hooks.example.com/path?token=abc"
+    job = make_job([EventType.COMPLETED], url=url, status=JobStatus.SUCCEEDED)
+    shown = "https://***@hooks.example.com/path?***"
+    assert str(public_job(job).request.webhook.url) == shown
+    body = json.dumps(build_event(job, EventType.COMPLETED))
+    assert json.loads(body)["data"]["request"]["webhook"]["url"] == shown
+    assert "s3cret" not in body and "token=abc" not in body and "user" not in body
+    assert str(job.request.webhook.url) == url  # delivery reads the stored record
+    assert public_job(job).request.webhook.events == [EventType.COMPLETED]
+    unhooked = make_job(None)
+    assert public_job(unhooked).request == unhooked.request
+
+
 # -- signing ---------------------------------------------------------------------
 
 def test_signature_verifies_with_the_standard_webhooks_library() -> None:
@@ -196,8 +269,10 @@ def test_enqueue_sends_only_json_for_subscribed_events() -> None:
     assert sent["name"] == DELIVER_WEBHOOK_TASK and sent["queue"] == WEBHOOK_QUEUE
     job_id, msg_id, event_type, url, payload = sent["args"]
     assert (job_id, msg_id, event_type) == (job.id, f"evt_{job.id}_completed", "completed")
-    assert url == "https://example.com/hook?x=1"
+    assert url == "https://example.com/hook?x=1"  # the real URL, to deliver to
     assert json.loads(payload) == build_event(job, EventType.COMPLETED)
+    assert json.loads(payload)["data"]["request"]["webhook"]["url"] == (
+        "https://example.com/hook?***")  # the body shows the redacted one
     json.dumps(sent["args"])  # nothing but JSON crosses the queue
 
 

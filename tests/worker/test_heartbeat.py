@@ -6,6 +6,7 @@ import os
 import socket
 import time
 
+import pytest
 import redis
 
 from shared.heartbeat import beat, heartbeat_key, live_workers
@@ -58,3 +59,30 @@ def test_heartbeat_keeps_trying_while_redis_is_unreachable(caplog) -> None:
     assert heartbeat.running
     heartbeat.stop()  # withdrawing fails quietly too
     assert not heartbeat.running
+
+
+def test_the_beats_name_the_job_being_run(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    heartbeat = Heartbeat(client, ["tiny-random", "emoji"], "host-1", interval_seconds=0.2)
+    assert heartbeat.ttl_seconds == pytest.approx(0.6)  # three missed beats
+    heartbeat.start()
+    try:
+        keys = [heartbeat_key("tiny-random", "host-1"), heartbeat_key("emoji", "host-1")]
+        assert [client.get(key) for key in keys] == ["", ""]  # idle
+        with heartbeat.running_job("job_1"):
+            wait_until(lambda: [client.get(key) for key in keys] == ["job_1", "job_1"])
+        wait_until(lambda: [client.get(key) for key in keys] == ["", ""])
+        assert 0 < client.pttl(keys[0]) <= 600
+    finally:
+        heartbeat.stop()
+
+
+def test_a_run_that_raised_leaves_the_beats_idle(redis_url: str) -> None:
+    heartbeat = Heartbeat(redis.Redis.from_url(redis_url), ["tiny-random"], "host-1")
+    try:
+        with heartbeat.running_job("job_1"):
+            assert heartbeat.job == "job_1"
+            raise ConnectionError("Redis went away mid-run")
+    except ConnectionError:
+        pass
+    assert heartbeat.job == ""

@@ -19,6 +19,7 @@ from tests.factories import make_plan, make_record
 from tests.job_events import Listener
 from worker import tasks
 from worker.engine import GenerationEngine
+from worker.heartbeat import Heartbeat
 from worker.tasks import ProgressReporter, WorkerRuntime, run_job
 
 
@@ -162,8 +163,8 @@ def runtime_where_user_acts_on_first_progress(
     """The real store, with a user calling ``store.<action>(job_id)`` once progress shows."""
 
     class UserActsOnProgress(JobStore):
-        def update_progress(self, job_id: str, step: int, total_steps: int, eta):
-            written = super().update_progress(job_id, step, total_steps, eta)
+        def update_progress(self, job_id: str, step: int, total_steps: int, eta, worker=None):
+            written = super().update_progress(job_id, step, total_steps, eta, worker)
             getattr(self, action)(job_id)
             return written
 
@@ -257,3 +258,119 @@ def test_the_task_refuses_to_run_without_a_runtime(store) -> None:
     with pytest.raises(RuntimeError, match="no worker runtime"):
         tasks.generate.apply(args=[job.id]).get()
     assert store.get(job.id).status is JobStatus.QUEUED
+
+
+# -- claims: a run is the job's only while its claim stands ---------------------------
+
+
+def runtime_with_heartbeat(runtime: WorkerRuntime, store: JobStore, worker: str = "w-test"
+                           ) -> WorkerRuntime:
+    heartbeat = Heartbeat(store._redis, ["tiny-random"], worker)  # not started: beat by hand
+    return WorkerRuntime(store, runtime.storage, runtime.settings, runtime.engine,
+                         heartbeat=heartbeat)
+
+
+class RecordingStorage(LocalStorage):
+    """Local storage that remembers every key written."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.written: list[str] = []
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.written.append(key)
+        super().put(key, data, content_type)
+
+
+def runtime_where_something_happens_on_first_progress(
+    runtime: WorkerRuntime, settings: Settings, action
+) -> tuple[WorkerRuntime, list[int]]:
+    """The real store and a recording storage; ``action(store, job_id)`` runs once, after
+    the first progress is written. Also returns the steps the run reported."""
+    steps: list[int] = []
+
+    class ActsOnProgress(JobStore):
+        def update_progress(self, job_id: str, step: int, total_steps: int, eta, worker=None):
+            written = super().update_progress(job_id, step, total_steps, eta, worker)
+            steps.append(step)
+            if len(steps) == 1:
+                action(self, job_id)
+            return written
+
+    store = ActsOnProgress(runtime.store._redis, settings)
+    storage = RecordingStorage(settings.images_dir)
+    heartbeat = Heartbeat(store._redis, ["tiny-random"], "w-test")
+    return WorkerRuntime(store, storage, settings, runtime.engine, heartbeat=heartbeat), steps
+
+
+def test_the_job_is_claimed_under_the_worker_name_and_the_beats_name_it_while_it_runs(
+    runtime, store
+) -> None:
+    runtime = runtime_with_heartbeat(runtime, store)
+    seen: list[str] = []
+
+    class Watching(JobStore):
+        def update_progress(self, job_id, step, total_steps, eta, worker=None):
+            seen.append(runtime.heartbeat.job)
+            assert self._redis.hget(f"latentd:job:{job_id}", "worker") == "w-test"
+            return super().update_progress(job_id, step, total_steps, eta, worker)
+
+    runtime.store = Watching(store._redis, runtime.settings)
+    job = submit(store)
+    run_job(job.id, runtime)
+    assert store.get(job.id).status is JobStatus.SUCCEEDED
+    assert seen and set(seen) == {job.id}
+    assert runtime.heartbeat.job == ""  # idle again
+
+
+def test_a_job_deleted_while_running_stops_at_the_next_step_and_writes_no_image(
+    runtime, settings
+) -> None:
+    runtime, steps = runtime_where_something_happens_on_first_progress(
+        runtime, settings, lambda store, job_id: store.delete(job_id))
+    job = submit(runtime.store, steps=30)
+    run_job(job.id, runtime)
+    assert steps == [1]  # stopped right there, not after 30 steps
+    assert runtime.store.get(job.id) is None
+    assert runtime.storage.written == []
+
+
+def test_a_job_claimed_by_another_worker_mid_run_is_left_to_it(runtime, settings) -> None:
+    runtime, steps = runtime_where_something_happens_on_first_progress(
+        runtime, settings, lambda store, job_id: store.mark_running(job_id, "w-other"))
+    job = submit(runtime.store, steps=30)
+    run_job(job.id, runtime)
+    assert steps == [1]
+    taken = runtime.store.get(job.id)
+    # Still the other worker's run: not canceled, not failed, no images, its progress.
+    assert taken.status is JobStatus.RUNNING and taken.attempts == 2
+    assert taken.progress.step == 0 and taken.images == []
+    assert runtime.storage.written == []
+
+
+def test_a_job_taken_back_by_the_reaper_mid_run_stays_queued(runtime, settings) -> None:
+    runtime, steps = runtime_where_something_happens_on_first_progress(
+        runtime, settings, lambda store, job_id: store.reclaim(job_id))  # no beat: "dead"
+    job = submit(runtime.store, steps=30)
+    run_job(job.id, runtime)
+    assert steps == [1]
+    requeued = runtime.store.get(job.id)
+    assert requeued.status is JobStatus.QUEUED and requeued.error is None
+    assert runtime.storage.written == []
+
+
+def test_a_late_finish_of_a_run_that_lost_its_job_changes_nothing(runtime, store) -> None:
+    runtime = runtime_with_heartbeat(runtime, store)
+
+    class LosesTheJobAtTheEnd(JobStore):
+        def mark_succeeded(self, job_id, images, metrics, worker=None):
+            self.mark_running(job_id, "w-other")  # e.g. redelivered while VAE-decoding
+            return super().mark_succeeded(job_id, images, metrics, worker)
+
+    runtime.store = LosesTheJobAtTheEnd(store._redis, runtime.settings)
+    job = submit(store)
+    run_job(job.id, runtime)
+    taken = store.get(job.id)
+    assert taken.status is JobStatus.RUNNING and taken.images == []
+    # The images stay: the run that owns the job now writes the very same keys.
+    assert stored_bytes(runtime, job.id)

@@ -1,0 +1,172 @@
+"""Bad requests to ``POST /v1/jobs`` and what each must get: status, field, code.
+
+One table for the in-process API tests (tests/api/test_bad_input.py) and the same over
+HTTP against the real service (tests/integration/test_bad_input.py). Every row must be
+refused with a 4xx in the one error shape, with nothing stored and nothing queued.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+from PIL import Image
+
+from shared.schemas import MAX_IMAGE_B64_CHARS
+
+
+def png_b64(size: tuple[int, int], mode: str = "RGB") -> str:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def png_header_only(width: int, height: int) -> str:
+    """A few-byte PNG that claims ``width``×``height``: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    idat = zlib.compress(b"\0" * 64)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return base64.b64encode(png).decode()
+
+
+def gif_b64() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, format="GIF")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+OK = {"prompt": "a cat"}
+NESTED_300: dict = {}
+_level = NESTED_300
+for _ in range(300):
+    _level["k"] = {}
+    _level = _level["k"]
+IMG2IMG = {**OK, "task": "image-to-image"}
+INIT = png_b64((64, 64))
+
+# (case, body, status, field, code or None)
+BAD_INPUTS = [
+    ("prompt too long", {"prompt": "x" * 2001}, 422, "prompt", None),
+    ("prompt missing", {"steps": 2}, 422, "prompt", None),
+    ("width not a multiple of 8", {**OK, "width": 100}, 422, "width", None),
+    ("width over the model max", {**OK, "width": 1024}, 422, "width", "size_too_large"),
+    ("height over the model max", {**OK, "height": 520}, 422, "height", "size_too_large"),
+    ("zero steps", {**OK, "steps": 0}, 422, "steps", None),
+    ("151 steps", {**OK, "steps": 151}, 422, "steps", None),
+    ("guidance 31", {**OK, "guidance_scale": 31}, 422, "guidance_scale", None),
+    ("nine images", {**OK, "num_images": 9}, 422, "num_images", None),
+    ("a boolean as a count", {**OK, "num_images": True}, 422, "num_images", None),
+    ("a string as a number", {**OK, "steps": "20"}, 422, "steps", None),
+    ("a float as an integer", {**OK, "width": 64.0}, 422, "width", None),
+    ("a boolean as a scale", {**OK, "guidance_scale": False}, 422, "guidance_scale", None),
+    ("a boolean seed", {**OK, "seed": True}, 422, "seed", None),
+    ("a boolean margin", {**OK, "task": "outpaint", "init_image": INIT,
+                          "outpaint": {"left": True}}, 422, "outpaint.left", None),
+    ("unknown scheduler", {**OK, "scheduler": "magic"}, 422, "scheduler", None),
+    ("unknown model", {**OK, "model": "nope"}, 422, "model", "unknown_model"),
+    ("unknown task", {**OK, "task": "upscale-9000"}, 422, "task", None),
+    ("negative seed", {**OK, "seed": -1}, 422, "seed", None),
+    ("seed over 2**32-1", {**OK, "seed": 2**32}, 422, "seed", None),
+    ("bad output format", {**OK, "output_format": "gif"}, 422, "output_format", None),
+    ("unknown field", {**OK, "colour": "red"}, 422, "colour", "unknown_field"),
+    ("metadata too large", {**OK, "metadata": {"k": "v" * 5000}}, 422, "metadata", None),
+    ("metadata nested too deep", {**OK, "metadata": NESTED_300}, 422, "metadata", None),
+    ("bad base64", {**IMG2IMG, "init_image": "!!not base64!!"}, 422, "init_image",
+     "invalid_image"),
+    ("not an image", {**IMG2IMG, "init_image": base64.b64encode(b"hello").decode()}, 422,
+     "init_image", "unsupported_image_format"),
+    ("unsupported format", {**IMG2IMG, "init_image": gif_b64()}, 422, "init_image",
+     "unsupported_image_format"),
+    ("oversized image", {**IMG2IMG, "init_image": "A" * (MAX_IMAGE_B64_CHARS + 4)}, 413,
+     "init_image", "image_too_large"),
+    ("decompression bomb", {**IMG2IMG, "init_image": png_header_only(30000, 30000)}, 413,
+     "init_image", "image_too_large"),
+    ("just over 4 megapixels", {**IMG2IMG, "init_image": png_header_only(2100, 2100)}, 413,
+     "init_image", "image_too_large"),
+    ("bad mask base64", {**OK, "task": "inpaint", "init_image": INIT, "mask_image": "%%%"},
+     422, "mask_image", "invalid_image"),
+    ("init image over the model max", {**IMG2IMG, "init_image": png_b64((600, 64))}, 422,
+     "init_image", "size_too_large"),
+    ("image task without init image", {**IMG2IMG}, 422, "init_image", None),
+    ("init image on text-to-image", {**OK, "init_image": INIT}, 422, "init_image", None),
+    ("mask on image-to-image", {**IMG2IMG, "init_image": INIT, "mask_image": INIT}, 422,
+     "mask_image", "unexpected_input"),
+    ("flow-matching sampler on a noise model", {**OK, "scheduler": "flow_match_euler"}, 422,
+     "scheduler", "unsupported_scheduler"),
+    ("inpaint without mask", {**OK, "task": "inpaint", "init_image": INIT}, 422,
+     "mask_image", None),
+    ("outpaint without margins", {**OK, "task": "outpaint", "init_image": INIT}, 422,
+     "outpaint", None),
+    ("outpaint margin not a multiple of 8",
+     {**OK, "task": "outpaint", "init_image": INIT, "outpaint": {"left": 5}}, 422,
+     "outpaint.left", None),
+    ("outpaint beyond the model max",
+     {**OK, "task": "outpaint", "init_image": png_b64((512, 64)), "outpaint": {"left": 8}},
+     422, "outpaint", "size_too_large"),
+    ("strength 0", {**IMG2IMG, "init_image": INIT, "strength": 0}, 422, "strength", None),
+    ("strength leaving no steps", {**IMG2IMG, "init_image": INIT, "steps": 4, "strength": 0.2},
+     422, "strength", "no_denoising_steps"),
+    ("webhook url not a url", {**OK, "webhook": {"url": "not a url"}}, 422, "webhook.url", None),
+    ("webhook url not http", {**OK, "webhook": {"url": "ftp://example.com/x"}}, 422,
+     "webhook.url", None),
+    ("webhook on loopback", {**OK, "webhook": {"url": "http://127.0.0.1:9000/hook"}}, 422,
+     "webhook.url", "invalid_webhook_url"),
+    ("webhook on a private network", {**OK, "webhook": {"url": "http://10.1.2.3/hook"}}, 422,
+     "webhook.url", "invalid_webhook_url"),
+    ("webhook on cloud metadata", {**OK, "webhook": {"url": "http://169.254.169.254/"}}, 422,
+     "webhook.url", "invalid_webhook_url"),
+    ("webhook on localhost name", {**OK, "webhook": {"url": "http://localhost:8080/"}}, 422,
+     "webhook.url", "invalid_webhook_url"),
+    ("webhook event not allowed", {**OK, "webhook": {"url": "https://93.184.215.14/",
+                                                     "events": ["queued"]}}, 422,
+     "webhook.events", None),
+]
+
+# Every number is strict and bounded; every enum closed: each wrong kind of value, each
+# field (generated rather than written out, so a new field cannot be forgotten).
+_WRONG_KINDS = {"a boolean": True, "a string": "3", "a list": [3], "an object": {"n": 3}}
+_NUMBERS = {"width": 64, "height": 64, "num_images": 1, "steps": 4, "guidance_scale": 5,
+            "seed": 1}
+for _field in _NUMBERS:
+    for _kind, _value in _WRONG_KINDS.items():
+        BAD_INPUTS.append((f"{_field} as {_kind}", {**OK, _field: _value}, 422, _field, None))
+for _field in ("task", "scheduler", "output_format", "priority"):
+    for _kind, _value in {"an unknown name": "nope", "a number": 3, "null": None}.items():
+        if _field == "scheduler" and _value is None:
+            continue  # null scheduler means the model's default
+        BAD_INPUTS.append((f"{_field} as {_kind}", {**OK, _field: _value}, 422, _field, None))
+for _field in ("prompt", "negative_prompt", "model"):
+    BAD_INPUTS.append((f"{_field} as a number", {**OK, _field: 7}, 422, _field, None))
+BAD_INPUTS += [
+    ("prompt as null", {"prompt": None}, 422, "prompt", None),
+    ("empty model name", {**OK, "model": ""}, 422, "model", None),
+    ("metadata not an object", {**OK, "metadata": [1, 2]}, 422, "metadata", None),
+    ("webhook not an object", {**OK, "webhook": "https://example.com"}, 422, "webhook", None),
+    ("webhook without url", {**OK, "webhook": {"events": ["completed"]}}, 422, "webhook.url",
+     None),
+    ("webhook with no events", {**OK, "webhook": {"url": "https://93.184.215.14/",
+                                                  "events": []}}, 422, "webhook.events", None),
+    ("webhook unknown field", {**OK, "webhook": {"url": "https://93.184.215.14/", "x": 1}},
+     422, "webhook.x", "unknown_field"),
+    ("outpaint unknown side", {**OK, "task": "outpaint", "init_image": INIT,
+                               "outpaint": {"middle": 8}}, 422, "outpaint.middle",
+     "unknown_field"),
+    ("outpaint margin negative", {**OK, "task": "outpaint", "init_image": INIT,
+                                  "outpaint": {"left": -8}}, 422, "outpaint.left", None),
+    ("outpaint margin too wide", {**OK, "task": "outpaint", "init_image": INIT,
+                                  "outpaint": {"left": 2048}}, 422, "outpaint.left", None),
+    ("strength above 1", {**IMG2IMG, "init_image": INIT, "strength": 1.5}, 422, "strength",
+     None),
+    ("init image as a number", {**IMG2IMG, "init_image": 5}, 422, "init_image", None),
+    ("data URL that is not base64", {**IMG2IMG, "init_image": "data:image/png,abc"}, 422,
+     "init_image", "invalid_image"),
+    ("mask on text-to-image", {**OK, "mask_image": INIT}, 422, "mask_image", None),
+    ("mask on outpaint", {**OK, "task": "outpaint", "init_image": INIT, "mask_image": INIT,
+                          "outpaint": {"left": 8}}, 422, "mask_image", "unexpected_input"),
+]
