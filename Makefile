@@ -23,7 +23,7 @@ run:
 
 # The suite starts its own redis-server on a free port.
 test:
-	@scripts/install.sh --redis-server
+	@scripts/install.sh --redis-server --test-tools
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Prepare this checkout to run or test latentd: a Python 3.11 virtualenv in .venv with the
-# pinned dependencies, and (with --redis-server) a redis-server binary.
+# pinned dependencies, (with --redis-server) a redis-server binary, and (with --test-tools)
+# what the test suite drives besides Python: the emoji font the embedded model's data is
+# drawn from, docker-compose (validates the compose file offline) and wrk (benchmarks).
 #
-#   scripts/install.sh [--redis-server]
+#   scripts/install.sh [--redis-server] [--test-tools]
 #
 # Safe to run every time: it does nothing (in milliseconds) when pyproject.toml and the
 # pinned pip have not changed since the last successful install.
@@ -15,10 +17,12 @@ EXTRAS="worker,train,dev"
 VENV=".venv"
 
 want_redis=0
+want_test_tools=0
 for arg in "$@"; do
     case "$arg" in
         --redis-server) want_redis=1 ;;
-        *) echo "usage: $0 [--redis-server]" >&2; exit 2 ;;
+        --test-tools) want_test_tools=1 ;;
+        *) echo "usage: $0 [--redis-server] [--test-tools]" >&2; exit 2 ;;
     esac
 done
 
@@ -108,8 +112,39 @@ ensure_redis_server() {
     exit 1
 }
 
+# Debian package → a file or command that shows it is there.
+TEST_TOOLS=(
+    "fonts-noto-color-emoji:/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+    "docker-compose:docker-compose"
+    "wrk:wrk"
+)
+
+ensure_test_tools() {
+    local missing=() entry package probe
+    for entry in "${TEST_TOOLS[@]}"; do
+        package="${entry%%:*}"
+        probe="${entry#*:}"
+        if [ -e "$probe" ] || command -v "$probe" >/dev/null 2>&1; then
+            continue
+        fi
+        missing+=("$package")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        say "installing ${missing[*]} with apt-get (for the tests)"
+        apt_install "${missing[@]}"
+        return 0
+    fi
+    # Not fatal: the tests that need them say so in the summary as skipped.
+    say "not installed: ${missing[*]} (sudo apt-get install ${missing[*]}); the tests" \
+        "that need them will be skipped"
+}
+
 ensure_venv
 ensure_packages
 if [ "$want_redis" -eq 1 ]; then
     ensure_redis_server
+fi
+if [ "$want_test_tools" -eq 1 ]; then
+    ensure_test_tools
 fi

@@ -2,10 +2,13 @@
 """Run latentd on this machine as one supervised unit (``make run``).
 
 Starts Redis (unless LATENTD_REDIS_URL names one), the generation worker, the webhook worker
-and the API; waits for ``/readyz``; then waits. Ctrl-C or SIGTERM stops everything it started
-within 30 s; if any process dies on its own, everything stops and the exit code is non-zero.
+and the API; waits for ``/readyz``; then waits. One Ctrl-C or SIGTERM (even delivered twice at
+once, as ``make`` does) stops everything it started gracefully within 30 s; another one more
+than a second later kills what is left. A process that dies on its own is started again; one
+that keeps dying (5 times within 60 s) stops everything, with a non-zero exit code.
 
-Children are stopped in order: API and workers first, Redis last so that in-flight acks and
+Children are stopped in order: API and workers first (Celery's warm shutdown, then its cold
+one, which puts the running job back on the queue), Redis last so that in-flight acks and
 the append-only file land (see process_supervisor.py for how each one is stopped). Their
 command lines come from process_commands.py, shared with the test harness and the containers.
 """
@@ -26,11 +29,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # scripts/ is on sys.path when this file runs as a script.
-from process_commands import service_commands
-from process_supervisor import ChildDied, Supervisor, log, wait_until
+from process_commands import GENERATION_APP, service_commands
+from process_supervisor import KeptCrashing, StopSignals, Supervisor, log, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_PORT = 6379
+REDIS = "redis-server"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -137,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ready-timeout", type=float, default=300.0,
                         help="seconds to wait for /readyz (the first worker start imports torch)")
+    parser.add_argument("--generation-app", default=GENERATION_APP,
+                        help="the generation worker's Celery app module (the launcher's "
+                             "tests run tests.integration.gated_worker, which holds jobs on request)")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT))
@@ -153,21 +160,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"{settings.host}:{settings.port} is already in use; set LATENTD_PORT to another port")
         return 1
 
-    stop_signal: list[int] = []
-
-    def request_stop(signum: int, _frame: object) -> None:
-        if stop_signal:
-            supervisor.hurry = True
-        stop_signal.append(signum)
-
     supervisor = Supervisor()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, request_stop)
+    stop = StopSignals(supervisor)
+    stop.install()
 
     try:
-        return _run(settings, data_dir, supervisor, args.ready_timeout, lambda: bool(stop_signal))
-    except ChildDied as exc:
-        log(f"{exc} unexpectedly")
+        return _run(settings, data_dir, supervisor, args, lambda: stop.requested)
+    except KeptCrashing as exc:
+        log(str(exc))
+        if exc.child.name == REDIS:
+            redis_log = data_dir / "redis" / "redis.log"
+            log(f"end of {redis_log}:\n{tail(redis_log)}")
         return 1
     finally:
         if supervisor.children:
@@ -176,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("stopped")
 
 
-def _run(settings, data_dir: Path, supervisor: Supervisor, ready_timeout: float,
+def _run(settings, data_dir: Path, supervisor: Supervisor, args: argparse.Namespace,
          stop_requested: Callable[[], bool]) -> int:
     redis_url = _redis(settings, data_dir, supervisor, stop_requested)
     if redis_url is None:
@@ -193,7 +196,7 @@ def _run(settings, data_dir: Path, supervisor: Supervisor, ready_timeout: float,
         secret_note = f"{env['LATENTD_WEBHOOK_SECRET']} (stored in {secret_file})"
 
     commands = service_commands(sys.executable, host=settings.host, port=settings.port,
-                                node_tag=str(os.getpid()))
+                                node_tag=str(os.getpid()), generation_app=args.generation_app)
     for name, argv in commands.items():
         escalation = signal.SIGQUIT if "celery" in argv else None
         supervisor.start(name, argv, cwd=REPO_ROOT, env=env, escalation_signal=escalation)
@@ -207,10 +210,10 @@ def _run(settings, data_dir: Path, supervisor: Supervisor, ready_timeout: float,
         return status == 200
 
     log(f"waiting for {base_url}/readyz (workers load their models first) ...")
-    if not wait_until(ready, ready_timeout, supervisor, stop_requested):
+    if not wait_until(ready, args.ready_timeout, supervisor, stop_requested):
         if stop_requested():
             return 0
-        log(f"{base_url}/readyz did not return 200 within {ready_timeout:.0f} s "
+        log(f"{base_url}/readyz did not return 200 within {args.ready_timeout:.0f} s "
             f"(last answer: {last_answer[0]})")
         return 1
 
@@ -223,9 +226,7 @@ def _run(settings, data_dir: Path, supervisor: Supervisor, ready_timeout: float,
         flush=True,
     )
     while not stop_requested():
-        dead = supervisor.first_exited()
-        if dead is not None:
-            raise ChildDied(dead)
+        supervisor.supervise()
         time.sleep(0.25)
     return 0
 
@@ -246,15 +247,9 @@ def _redis(settings, data_dir: Path, supervisor: Supervisor,
     redis_dir.mkdir(parents=True, exist_ok=True)
     port = DEFAULT_REDIS_PORT if port_is_free("127.0.0.1", DEFAULT_REDIS_PORT) else free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    supervisor.start("redis-server", redis_command(redis_dir, port), cwd=REPO_ROOT,
-                     infrastructure=True)
-    try:
-        if wait_until(lambda: redis_answers(url), 30, supervisor, stop_requested):
-            return url
-    except ChildDied:
-        log(f"redis-server failed to start; end of {redis_dir / 'redis.log'}:\n"
-            + tail(redis_dir / "redis.log"))
-        raise
+    supervisor.start(REDIS, redis_command(redis_dir, port), cwd=REPO_ROOT, infrastructure=True)
+    if wait_until(lambda: redis_answers(url), 30, supervisor, stop_requested):
+        return url
     if not stop_requested():
         log("redis-server did not answer within 30 s")
     return None

@@ -53,8 +53,6 @@ async def reap_forever(store: JobStore, celery: Celery, interval_seconds: float)
         await asyncio.sleep(interval_seconds)
 
 
-
-
 def _outcome(job: JobRecord) -> str:
     if job.status is JobStatus.QUEUED:
         return f"queued again (attempt {job.attempts} ran)"
