@@ -14,6 +14,7 @@ from fastapi import Depends, Header, Request
 from api.services.auth import Caller
 from api.services.events import JobEvents
 from api.services.jobs import JobService
+from api.services.openai_images import OpenAIImages
 from api.state import AppState
 from shared.jobstore import JobStore
 from shared.model_registry import ModelRegistry
@@ -82,3 +83,11 @@ def get_job_events(state: StateDep) -> JobEvents:
 
 
 JobEventsDep = Annotated[JobEvents, Depends(get_job_events)]
+
+
+def get_openai_images(state: StateDep, jobs: JobServiceDep, events: JobEventsDep) -> OpenAIImages:
+    return OpenAIImages(jobs=jobs, events=events, storage=state.storage, registry=state.registry,
+                        wait_seconds=state.settings.max_wait_seconds)
+
+
+OpenAIImagesDep = Annotated[OpenAIImages, Depends(get_openai_images)]

@@ -12,10 +12,13 @@ from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response, install_error_handlers
-from api.routes import health, jobs, models
+from api.log_context import JobLogContext
+from api.routes import health, jobs, models, openai, playground
+from api.routes import metrics as metrics_route
 from api.services.expiry import sweep_forever
 from api.services.reaper import reap_forever
 from api.state import build_app_state
+from shared.logs import API, configure_logging
 from shared.schemas import MAX_IMAGE_B64_CHARS
 from shared.settings import Settings, get_settings
 
@@ -90,8 +93,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Built here, not at import: a bad configuration fails the startup, before the
         # server says it is ready, with the setting named.
+        resolved = settings or get_settings()
+        configure_logging(resolved.log_format, API)
         try:
-            state = build_app_state(settings or get_settings())
+            state = build_app_state(resolved)
         except ValueError as exc:
             log.error("latentd: invalid configuration: %s", exc)
             raise InvalidConfiguration(str(exc)) from None
@@ -119,8 +124,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(metrics_route.router)
+    app.include_router(playground.router)
+    app.mount(playground.STATIC_PATH, playground.static_files(), name="static")
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(JobLogContext)
     return app
 
 

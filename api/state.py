@@ -12,13 +12,16 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio as aioredis
 from celery import Celery
+from prometheus_client import CollectorRegistry
 
 from api.services.auth import Authenticator
 from api.services.event_hub import EventHub
+from api.services.metrics import build_metrics_registry
 from api.services.quotas import QueueCaps, RequestRate
 from api.services.status import ModelAvailability
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
+from shared.metrics import MetricsRecorder, chain_hooks
 from shared.model_registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import Storage, get_storage
@@ -41,6 +44,7 @@ class AppState:
     auth: Authenticator
     rate: RequestRate
     queue_caps: QueueCaps
+    metrics: CollectorRegistry  # what GET /metrics renders: the whole service's, from Redis
 
     async def aclose(self) -> None:
         await self.events.aclose()
@@ -61,10 +65,13 @@ def build_app_state(settings: Settings) -> AppState:
         event_redis=event_redis,
         events=EventHub(event_redis, settings.max_streams, settings.max_streams_per_key),
         celery=celery,
-        store=JobStore(client, settings, on_event=WebhookPublisher(client, celery)),
+        # Every transition this process makes is counted, then sent to its webhooks.
+        store=JobStore(client, settings, on_event=chain_hooks(
+            MetricsRecorder(client).record_job_event, WebhookPublisher(client, celery))),
         storage=get_storage(settings),
         availability=ModelAvailability(client),
         auth=Authenticator.from_settings(settings, client),
         rate=RequestRate(settings),
         queue_caps=QueueCaps(client, settings, registry.names()),
+        metrics=build_metrics_registry(client, registry.names()),
     )

@@ -2,7 +2,8 @@
 # Prepare this checkout to run or test latentd: a Python 3.11 virtualenv in .venv with the
 # pinned dependencies, (with --redis-server) a redis-server binary, and (with --test-tools)
 # what the test suite drives besides Python: the emoji font the embedded model's data is
-# drawn from, docker-compose (validates the compose file offline) and wrk (benchmarks).
+# drawn from, docker-compose (validates the compose file offline), wrk (benchmarks) and
+# chromium (the playground's browser tests).
 #
 #   scripts/install.sh [--redis-server] [--test-tools]
 #
@@ -117,6 +118,7 @@ TEST_TOOLS=(
     "fonts-noto-color-emoji:/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
     "docker-compose:docker-compose"
     "wrk:wrk"
+    "chromium:chromium"
 )
 
 ensure_test_tools() {

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -38,19 +38,36 @@ READY_TIMEOUT_SECONDS = 120
 
 @dataclass(frozen=True)
 class ServiceProcesses:
-    """Where the running service answers; ``workdir`` holds each process's log."""
+    """Where the running service answers; ``workdir`` holds each process's log.
+
+    ``env`` is the environment its processes run with (to start another worker like
+    them), ``redis_argv`` the command its redis-server was started with (to start it
+    again on the same port and files).
+    """
 
     url: str
     redis_url: str
     data_dir: Path
     webhook_secret: str
     workdir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    redis_argv: tuple[str, ...] = ()
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def redis_command(port: int, workdir: Path, aof: bool = False) -> list[str]:
+    """redis-server on 127.0.0.1:``port`` with its files in ``workdir``, never snapshotting;
+    ``aof``: with the append-only file as ``make run`` and docker-compose keep it (fsync
+    every second), so that a restart finds every acknowledged write."""
+    persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if aof
+                   else ["--appendonly", "no"])
+    return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+            "--save", "", *persistence]
 
 
 def start_process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -74,12 +91,13 @@ def stop_process(proc: subprocess.Popen) -> None:
 @contextmanager
 def running_service(
     workdir: Path, env_overrides: Mapping[str, str] | None = None, node_tag: str = "test",
-    generation_app: str = GENERATION_APP,
+    generation_app: str = GENERATION_APP, redis_aof: bool = False,
 ) -> Iterator[ServiceProcesses]:
     """Start the service with its files under ``workdir``; yields once ``/readyz`` is 200.
 
     The defaults suit tests (tiny-random model, one torch thread, fast webhook retries to
-    private addresses); ``env_overrides`` replaces any ``LATENTD_*`` value.
+    private addresses); ``env_overrides`` replaces any ``LATENTD_*`` value. ``redis_aof``
+    runs Redis with its append-only file on (see ``redis_command``).
     """
     redis_port, api_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -104,18 +122,16 @@ def running_service(
     )
     logs = {GENERATION_WORKER: "worker.log", WEBHOOK_WORKER: "webhook-worker.log", API: "api.log"}
     procs: dict[str, subprocess.Popen] = {}
+    redis_argv = redis_command(redis_port, workdir, aof=redis_aof)
     try:
-        procs["redis-server"] = start_process(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-             "--dir", str(workdir), "--save", "", "--appendonly", "no"],
-            env, workdir / "redis.log",
-        )
+        procs["redis-server"] = start_process(redis_argv, env, workdir / "redis.log")
         time.sleep(0.3)
         for name, argv in commands.items():
             procs[name] = start_process(argv, env, workdir / logs[name])
         url = f"http://127.0.0.1:{api_port}"
         _wait_until_ready(url, procs, workdir)
-        yield ServiceProcesses(url, redis_url, workdir / "data", secret, workdir)
+        yield ServiceProcesses(url, redis_url, workdir / "data", secret, workdir, env,
+                               tuple(redis_argv))
     finally:
         for proc in reversed(procs.values()):
             stop_process(proc)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,6 +26,18 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # Where images live: unset (or "file://") = ``<data_dir>/images``; ``file:///path`` = a
+    # local directory; ``s3://bucket/prefix`` = an S3-compatible object store, whose endpoint
+    # and credentials boto3 reads itself (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
+    storage_url: str | None = None
+    # How the API answers GET /v1/jobs/{id}/images/{n}: "stream" sends the bytes it reads
+    # from storage; "redirect" answers 307 to a presigned URL of the object (s3:// only),
+    # valid for image_url_expiry_seconds, so image bytes never pass through the API.
+    image_delivery: Literal["stream", "redirect"] = "stream"
+    image_url_expiry_seconds: int = Field(300, ge=1, le=7 * 24 * 3600)  # SigV4's maximum
+    # The endpoint presigned URLs name, when clients reach the object store at another
+    # address than the service does (e.g. http://minio:9000 inside docker compose).
+    s3_public_endpoint_url: str | None = None
 
     # Models: the default served when a request names none, extra models as JSON
     # name -> source (a local diffusers directory or a hub id), and the models a
@@ -77,6 +91,10 @@ class Settings(BaseSettings):
     # (SSRF). Tests and single-laptop setups with a local receiver turn it on.
     webhook_allow_private: bool = False
 
+    # Log lines (shared/logs.py): "json" (one object a line), "text" (for people), or
+    # "auto": text when the log stream (stderr) is a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "text"] = "auto"
+
     @model_validator(mode="before")
     @classmethod
     def _split_worker_models(cls, values: dict) -> dict:
@@ -105,6 +123,13 @@ class Settings(BaseSettings):
                 ) from None
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
             raise ValueError("LATENTD_WEBHOOK_SECRET must look like 'whsec_<base64>'")
+        _check_storage_url(self.storage_url)
+        if self.image_delivery == "redirect" and self.storage_scheme != "s3":
+            raise ValueError("LATENTD_IMAGE_DELIVERY=redirect needs an s3:// LATENTD_STORAGE_URL "
+                             "(a local directory has no URL to redirect to)")
+        public = self.s3_public_endpoint_url
+        if public is not None and urlsplit(public).scheme not in ("http", "https"):
+            raise ValueError("LATENTD_S3_PUBLIC_ENDPOINT_URL must be an http(s):// URL")
         return self
 
     @property
@@ -120,6 +145,34 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def storage_scheme(self) -> str:
+        """``file`` or ``s3``: which storage backend LATENTD_STORAGE_URL names."""
+        return urlsplit(self.storage_url).scheme if self.storage_url else "file"
+
+
+# S3's bucket naming rules (3-63 lowercase letters, digits, dots and hyphens), which MinIO
+# and the other S3-compatible stores follow too.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _check_storage_url(url: str | None) -> None:
+    if not url:
+        return
+    parts = urlsplit(url)
+    name = "LATENTD_STORAGE_URL"
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise ValueError(f"{name} {url!r}: write a local directory as file:///absolute/path")
+    elif parts.scheme == "s3":
+        if not _BUCKET.fullmatch(parts.netloc):
+            raise ValueError(f"{name} {url!r}: s3://<bucket>/<prefix> needs a valid bucket name "
+                             "(3-63 lowercase letters, digits, dots and hyphens)")
+        if parts.query or parts.fragment or {".", ".."} & set(parts.path.split("/")):
+            raise ValueError(f"{name} {url!r}: the prefix must be a plain path")
+    else:
+        raise ValueError(f"{name} {url!r}: use s3://<bucket>/<prefix> or file:///<directory>")
 
 
 @lru_cache

@@ -1,5 +1,6 @@
-"""Where images live. The local backend writes under ``LATENTD_DATA_DIR``; an object-store
-backend implements the same interface so workers on many hosts can share outputs.
+"""Where images live. The local backend writes under ``LATENTD_DATA_DIR``; the S3 backend
+(``shared.storage_s3``, ``LATENTD_STORAGE_URL=s3://...``) implements the same interface so
+workers on many hosts share outputs without a shared filesystem.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from shared.settings import Settings
+from shared.storage_s3 import S3Storage
 
 
 class Storage(Protocol):
@@ -21,6 +24,11 @@ class Storage(Protocol):
         ...
 
     def delete_prefix(self, prefix: str) -> None: ...
+
+    def url_for(self, key: str, expires_in_seconds: int) -> str | None:
+        """A URL anyone holding it may GET the object from for ``expires_in_seconds``;
+        ``None`` when the backend has none (a local directory)."""
+        ...
 
 
 class LocalStorage:
@@ -62,6 +70,9 @@ class LocalStorage:
         else:
             path.unlink(missing_ok=True)
 
+    def url_for(self, key: str, expires_in_seconds: int) -> str | None:
+        return None
+
 
 def job_prefix(job_id: str) -> str:
     return f"jobs/{job_id}"
@@ -76,4 +87,10 @@ def input_key(job_id: str, name: str) -> str:
 
 
 def get_storage(settings: Settings) -> Storage:
-    return LocalStorage(settings.images_dir)
+    """The backend ``LATENTD_STORAGE_URL`` names (checked by ``Settings``): unset or
+    ``file://`` = ``LATENTD_DATA_DIR/images``, ``file:///dir``, or ``s3://bucket/prefix``."""
+    url = settings.storage_url
+    if url and settings.storage_scheme == "s3":
+        return S3Storage.from_url(url, public_endpoint_url=settings.s3_public_endpoint_url)
+    path = urlsplit(url).path if url else ""
+    return LocalStorage(Path(path) if path else settings.images_dir)

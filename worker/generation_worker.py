@@ -18,6 +18,8 @@ from kombu import Exchange, Queue
 
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
+from shared.logs import GENERATION_WORKER, configure_celery_logging
+from shared.metrics import MetricsRecorder, chain_hooks
 from shared.model_registry import ModelRegistry, queue_for_model
 from shared.settings import get_settings
 from shared.storage import get_storage
@@ -26,10 +28,12 @@ from worker import tasks  # registers the generation task
 from worker.engine import GenerationEngine
 from worker.heartbeat import Heartbeat
 from worker.pipelines import configure_torch, load_pipeline
+from worker.process_stats import MeteredHeartbeat
 
 logger = logging.getLogger(__name__)
 
 settings = get_settings()
+configure_celery_logging(settings.log_format, GENERATION_WORKER)
 try:
     # In the parent, before forking: a typo in LATENTD_WORKER_MODELS or LATENTD_MODELS
     # stops the worker instead of leaving it consuming nothing.
@@ -51,7 +55,8 @@ _heartbeat: Heartbeat | None = None
 def build_runtime() -> tasks.WorkerRuntime:
     """Connect the store and storage, then load every served model once (slow: weights)."""
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    store = JobStore(client, settings, on_event=WebhookPublisher(client, app))
+    store = JobStore(client, settings, on_event=chain_hooks(
+        MetricsRecorder(client).record_job_event, WebhookPublisher(client, app)))
     storage = get_storage(settings)
     configure_torch(settings)
     try:
@@ -75,9 +80,11 @@ def start_process(**_: object) -> None:
         return
     # The runtime claims jobs under the heartbeat's name (this child's host and pid), and
     # the beats name the job it runs: what the API's reaper checks a running job against.
-    _heartbeat = Heartbeat(redis.Redis.from_url(settings.redis_url), settings.served_models,
-                           interval_seconds=settings.heartbeat_interval_seconds,
-                           ttl_seconds=settings.heartbeat_ttl_seconds)
+    # Its beats also publish this process's memory, for GET /metrics.
+    _heartbeat = MeteredHeartbeat(redis.Redis.from_url(settings.redis_url),
+                                  settings.served_models, device=settings.device,
+                                  interval_seconds=settings.heartbeat_interval_seconds,
+                                  ttl_seconds=settings.heartbeat_ttl_seconds)
     runtime.heartbeat = _heartbeat
     tasks.install_runtime(runtime)
     _heartbeat.start()

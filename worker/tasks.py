@@ -21,6 +21,7 @@ from PIL import Image
 
 from shared.celery_app import GENERATE_TASK
 from shared.jobstore import JobStore
+from shared.logs import logs_as_job
 from shared.records import JobInputs, JobRecord, OutputImage
 from shared.schemas import ErrorCode, JobPlan, Metrics
 from shared.settings import Settings
@@ -83,6 +84,7 @@ def generate(job_id: str) -> None:
     run_job(job_id, current_runtime())
 
 
+@logs_as_job
 def run_job(job_id: str, runtime: WorkerRuntime) -> None:
     """Claim, generate, store and finish one job; every outcome is a terminal state (or,
     when the job stopped being this run's, no write at all)."""

@@ -17,6 +17,7 @@ from celery import shared_task
 
 from shared.celery_app import DELIVER_WEBHOOK_TASK
 from shared.jobstore import JobStore
+from shared.metrics import MetricsRecorder
 from shared.schemas import EventType, WebhookAttempt
 from shared.settings import Settings
 from shared.webhooks import (
@@ -171,6 +172,7 @@ class WebhookRuntime:
     store: JobStore
     sender: WebhookSender
     settings: Settings
+    metrics: MetricsRecorder | None = None  # None: attempts are not counted
 
 
 _runtime: WebhookRuntime | None = None
@@ -205,6 +207,9 @@ def deliver_webhook(
         runtime.store, runtime.sender, settings, job_id=job_id, event_id=event_id,
         event_type=event_type, url=url, payload=payload, attempt=attempt,
     )
+    if runtime.metrics is not None:
+        runtime.metrics.record_webhook_attempt(event_type, outcome.delivered, outcome.retryable,
+                                               attempt >= settings.webhook_max_attempts)
     if not outcome.retryable:
         return
     if attempt >= settings.webhook_max_attempts:

@@ -14,10 +14,13 @@ from kombu import Exchange, Queue
 
 from shared.celery_app import WEBHOOK_QUEUE, make_celery
 from shared.jobstore import JobStore
+from shared.logs import WEBHOOK_WORKER, configure_celery_logging
+from shared.metrics import MetricsRecorder
 from shared.settings import get_settings
 from worker import webhook_tasks  # registers the delivery task
 
 settings = get_settings()
+configure_celery_logging(settings.log_format, WEBHOOK_WORKER)
 app = make_celery(settings)
 # Bound the way Celery declares a queue it publishes to by name (own direct exchange,
 # routing key = name), so publishers and this worker agree on the routing.
@@ -33,4 +36,5 @@ def build_runtime(**_: object) -> None:
         store=JobStore(client, settings),
         sender=webhook_tasks.WebhookSender(),
         settings=settings,
+        metrics=MetricsRecorder(client),
     ))

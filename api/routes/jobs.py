@@ -1,4 +1,5 @@
-"""``/v1/jobs``: submit, read, list, cancel, delete, fetch images, follow events."""
+"""``/v1/jobs``: submit (JSON, or multipart with image files), read, list, cancel, delete,
+fetch images, follow events."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import RedirectResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, JobEventsDep, JobServiceDep, SettingsDep
 from api.services.events import JobEvents
+from api.services.jobs import ImageRedirect
+from api.uploads import MULTIPART_SUBMIT_SCHEMA, FormAsJsonRoute
 from shared.records import JobRecord, public_job
 from shared.schemas import JOB_ID_PATTERN, ErrorBody, GenerationRequest, Job, JobPage, JobStatus
 
@@ -61,10 +65,6 @@ async def _wait_if_asked(events: JobEvents, job: JobRecord, waited: int) -> JobR
         return job
 
 
-@router.post("", status_code=202, responses={
-    **_ERRORS,
-    200: {"model": Job, "description": "With `Prefer: wait=N`: the job finished within N s."},
-})
 async def submit_job(
     body: GenerationRequest,
     response: Response,
@@ -82,6 +82,16 @@ async def submit_job(
     if not submission.created:
         response.headers["Idempotent-Replayed"] = "true"
     return _answer(response, job, waited)
+
+
+router.add_api_route(
+    "", submit_job, methods=["POST"], status_code=202, route_class_override=FormAsJsonRoute,
+    responses={
+        **_ERRORS,
+        200: {"model": Job, "description": "With `Prefer: wait=N`: the job finished within N s."},
+    },
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": MULTIPART_SUBMIT_SCHEMA}}},
+)
 
 
 @router.get("", responses=_ERRORS)
@@ -139,15 +149,20 @@ def delete_job(job_id: JobId, service: JobServiceDep, caller: CallerDep) -> Resp
     "/{job_id}/images/{index}",
     response_class=Response,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+               307: {"description": "`LATENTD_IMAGE_DELIVERY=redirect`: to a presigned URL "
+                                    "of the image, valid for a few minutes."},
                **_ERRORS},
 )
 def get_image(
     job_id: JobId, index: Annotated[int, Path(ge=0)], service: JobServiceDep, caller: CallerDep
 ) -> Response:
-    """One output image, in the job's output format."""
-    data, content_type = service.image(job_id, index, caller)
+    """One output image, in the job's output format (or a redirect to it in storage)."""
+    image = service.image(job_id, index, caller)
+    if isinstance(image, ImageRedirect):
+        # The URL expires in minutes: a cached redirect would outlive it.
+        return RedirectResponse(image.url, status_code=307, headers={"Cache-Control": "no-store"})
     # Outputs never change once written (a re-run writes the same bytes).
-    return Response(data, media_type=content_type,
+    return Response(image.data, media_type=image.content_type,
                     headers={"Cache-Control": "private, max-age=86400, immutable"})
 
 

@@ -55,6 +55,21 @@ class Submission:
     created: bool  # False: an Idempotency-Key replay of an earlier job
 
 
+@dataclass(frozen=True)
+class ImageBytes:
+    """An output image to send as it is."""
+
+    data: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class ImageRedirect:
+    """An output image the client fetches from storage itself, at a short-lived URL."""
+
+    url: str
+
+
 @dataclass
 class _Inputs:
     """The request's input images, decoded (not yet sized)."""
@@ -208,17 +223,23 @@ class JobService:
         self.store.delete(job_id)
         self.storage.delete_prefix(job_prefix(job_id))
 
-    def image(self, job_id: str, index: int, caller: Caller) -> tuple[bytes, str]:
-        """An output image's bytes and content type."""
+    def image(self, job_id: str, index: int, caller: Caller) -> ImageBytes | ImageRedirect:
+        """An output image of the caller's job: its bytes, or with
+        ``LATENTD_IMAGE_DELIVERY=redirect`` a presigned URL of it."""
         job = self.get(job_id, caller)
         info = next((i for i in job.images if i.index == index), None)
         if info is None:
             raise NotFound(f"job '{job_id}' has no image {index}", "image_not_found")
+        key = image_key(job_id, index, info.format.value)
+        if self.settings.image_delivery == "redirect":
+            url = self.storage.url_for(key, self.settings.image_url_expiry_seconds)
+            if url is not None:
+                return ImageRedirect(url)
         try:
-            data = self.storage.get(image_key(job_id, index, info.format.value))
+            data = self.storage.get(key)
         except KeyError:
             raise NotFound(f"image {index} of job '{job_id}' is gone", "image_not_found") from None
-        return data, info.format.content_type
+        return ImageBytes(data, info.format.content_type)
 
 
 def publish_generation(store: JobStore, celery: Celery, job: JobRecord) -> JobRecord:

@@ -62,6 +62,17 @@ then
   return false
 end
 local to, event = ARGV[4], ARGV[5]
+if status == 'running' and event == 'started' then
+  -- A second claim of a running job (a redelivered or re-published task) wins only once
+  -- its claimant has stopped beating for it: a live run is never taken over.
+  local claimant = redis.call('HGET', KEYS[1], 'worker') or ''
+  if claimant ~= '' then
+    local model = cjson.decode(redis.call('HGET', KEYS[1], 'doc')).request.model
+    if redis.call('GET', HEARTBEAT_PREFIX .. ':' .. model .. ':' .. claimant) == ARGV[1] then
+      return false
+    end
+  end
+end
 local fields = {}
 for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 local max_attempts = tonumber(ARGV[6])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.heartbeat import HEARTBEAT_PREFIX
 from shared.jobstore.keys import OWNER_PREFIX, STATUS_INFIX
 from shared.records import JobEvent, JobRecord
 from shared.schemas import JobStatus
@@ -21,6 +22,7 @@ DOC_FIELDS = frozenset({"id", "owner", "request", "warnings", "inputs", "metadat
 
 # Lua helpers every job script starts with (scripts are this text plus their own body).
 LUA_LIBRARY = f"""
+local HEARTBEAT_PREFIX = '{HEARTBEAT_PREFIX}'
 local OWNER_PREFIX = '{OWNER_PREFIX}'
 local STATUS_INFIX = '{STATUS_INFIX}'
 local STATUSES = {{{", ".join(repr(s.value) for s in JobStatus)}}}

@@ -300,3 +300,22 @@ def test_reclaim_stalled_takes_back_only_the_stalled_ones(
     assert all(j.status is JobStatus.QUEUED for j in reaped)
     assert redis_client.zrange(RUNNING_KEY, 0, -1) == [healthy.id]
     assert store.reclaim_stalled() == []
+
+
+def test_a_live_run_is_not_taken_over_by_a_second_claim(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+
+    job, _ = store.create(make_record())
+    beat(redis_client, job.request.model, "worker-a", ttl_seconds=60, job_id=job.id)
+    assert store.mark_running(job.id, "worker-a") is not None
+    # A redelivered or re-published task reaches another worker while worker-a still runs
+    # the job: the claim is refused, no attempt is used, the run goes on.
+    assert store.mark_running(job.id, "worker-b") is None
+    current = store.get(job.id)
+    assert current.status is JobStatus.RUNNING and current.attempts == 1
+    assert not store.is_cancel_requested(job.id, "worker-a")
+    # Once worker-a no longer beats for it (died, or moved on), the claim may be taken.
+    beat(redis_client, job.request.model, "worker-a", ttl_seconds=60, job_id="")
+    claimed = store.mark_running(job.id, "worker-b")
+    assert claimed is not None and claimed.attempts == 2

@@ -1,0 +1,1 @@
+"""Fault injection against the real service's processes: break one thing, lose no job."""
