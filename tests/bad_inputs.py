@@ -167,6 +167,10 @@ BAD_INPUTS += [
     ("data URL that is not base64", {**IMG2IMG, "init_image": "data:image/png,abc"}, 422,
      "init_image", "invalid_image"),
     ("mask on text-to-image", {**OK, "mask_image": INIT}, 422, "mask_image", None),
+    ("zero images", {**OK, "num_images": 0}, 422, "num_images", None),
+    ("steps as a fraction", {**OK, "steps": 2.5}, 422, "steps", None),
+    ("negative guidance", {**OK, "guidance_scale": -1}, 422, "guidance_scale", None),
+    ("prompt as a list", {**OK, "prompt": ["a", "cat"]}, 422, "prompt", None),
     ("mask on outpaint", {**OK, "task": "outpaint", "init_image": INIT, "mask_image": INIT,
                           "outpaint": {"left": 8}}, 422, "mask_image", "unexpected_input"),
 ]
