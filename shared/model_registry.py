@@ -56,6 +56,10 @@ class ModelSpec(BaseModel):
     tasks: list[Task] = Field(default_factory=lambda: list(Task))
     default_width: int = 512
     default_height: int = 512
+    # Below this the UNet's deepest level is one pixel, where its normalisation has
+    # nothing to normalise and the run fails: refused at submit instead.
+    min_width: int = Field(64, ge=8)
+    min_height: int = Field(64, ge=8)
     max_width: int = Field(1024, ge=8)
     max_height: int = Field(1024, ge=8)
     default_steps: int = Field(30, ge=1, le=150)
@@ -78,8 +82,9 @@ class ModelSpec(BaseModel):
                 f"default_scheduler '{self.default_scheduler}' is not in schedulers "
                 f"({', '.join(self.schedulers)})"
             )
-        if self.default_width > self.max_width or self.default_height > self.max_height:
-            raise ValueError("default_width/default_height must not exceed max_width/max_height")
+        if not (self.min_width <= self.default_width <= self.max_width
+                and self.min_height <= self.default_height <= self.max_height):
+            raise ValueError("default_width/default_height must lie between min_* and max_*")
         return self
 
     @property
@@ -97,6 +102,9 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         source=EMBEDDED_PREFIX + EMOJI,
         default_width=64,
         default_height=64,
+        # At 8x8 its UNet's deepest level is one pixel and the run fails; 16 runs (measured).
+        min_width=16,
+        min_height=16,
         # Trained at 64×64; the networks are convolutional, so larger canvases run
         # (useful for outpainting) but drift from what the model has seen.
         max_width=256,
@@ -114,6 +122,9 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         source=EMBEDDED_PREFIX + TINY_RANDOM,
         default_width=64,
         default_height=64,
+        # 16x16 leaves its UNet's deepest level one pixel (measured); 24 leaves more.
+        min_width=24,
+        min_height=24,
         max_width=512,
         max_height=512,
         default_steps=4,

@@ -174,6 +174,13 @@ def _round_down(value: int) -> int:
 
 
 def _check_fits(spec: ModelSpec, width: int, height: int, width_field: str, height_field: str):
+    if width < spec.min_width:
+        raise PlanError(width_field, "size_too_small",
+                        f"width {width} is under model '{spec.name}' minimum of {spec.min_width}")
+    if height < spec.min_height:
+        raise PlanError(height_field, "size_too_small",
+                        f"height {height} is under model '{spec.name}' minimum of "
+                        f"{spec.min_height}")
     if width > spec.max_width:
         raise PlanError(width_field, "size_too_large",
                         f"width {width} is over model '{spec.name}' maximum of {spec.max_width}")

@@ -320,6 +320,8 @@ class ModelInfo(BaseModel):
     tasks: list[Task]
     default_width: int
     default_height: int
+    min_width: int
+    min_height: int
     max_width: int
     max_height: int
     default_steps: int

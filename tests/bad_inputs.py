@@ -168,6 +168,9 @@ BAD_INPUTS += [
      "init_image", "invalid_image"),
     ("mask on text-to-image", {**OK, "mask_image": INIT}, 422, "mask_image", None),
     ("zero images", {**OK, "num_images": 0}, 422, "num_images", None),
+    # 8x8 passes the bounds of the field but leaves the UNet a 1x1 level: the run would fail.
+    ("size under the model's minimum", {**OK, "width": 8, "height": 8, "guidance_scale": 1},
+     422, "width", "size_too_small"),
     ("steps as a fraction", {**OK, "steps": 2.5}, 422, "steps", None),
     ("negative guidance", {**OK, "guidance_scale": -1}, 422, "guidance_scale", None),
     ("prompt as a list", {**OK, "prompt": ["a", "cat"]}, 422, "prompt", None),

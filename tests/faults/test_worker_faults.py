@@ -27,6 +27,7 @@ from tests.faults.harness import (
 )
 from tests.faults.ledger import Ledger
 from tests.faults.report import FaultRecord
+from tests.integration.gate import POISON_METADATA_KEY
 
 HELD = {"prompt": "held", "steps": 4, "seed": 7}
 MAX_ATTEMPTS = int(FAULT_ENV["LATENTD_TASK_MAX_ATTEMPTS"])
@@ -217,20 +218,17 @@ def test_sigterm_to_a_worker_group_puts_its_job_back_for_a_replacement(
     ledger.verify(SETTLE_BOUND)
 
 
-# 8×8 pixels is a 1×1 latent; without classifier-free guidance (scale ≤ 1) the batch is
-# one image too, and the UNet's group norm cannot normalise a single value per channel.
-# The plan accepts it (a multiple of 8, within the model's sizes): the worker fails it
-# on every run.
-POISON = {"prompt": "poison", "width": 8, "height": 8, "guidance_scale": 1, "steps": 2}
+# The planner refuses what a model cannot run (sizes below its minimum, ...), so the poison
+# is the gated worker's: metadata.poison makes the pipeline raise at step 1, on every run.
+POISON = {"prompt": "poison", "steps": 2, "metadata": {POISON_METADATA_KEY: True}}
 
 
 @pytest.mark.fault(6, "a poison job (the pipeline raises on every run)")
 def test_a_poison_job_fails_once_and_spares_the_others(
     service: FaultService, ledger: Ledger, fault: FaultRecord
 ) -> None:
-    """A request the API accepts but the pipeline cannot run (8×8 pixels at guidance 1:
-    a 1×1 latent, one image, and the UNet's group norm raises) is submitted between
-    ordinary jobs."""
+    """A job that fails in the pipeline on every run (the gated worker's poison switch) is
+    submitted between ordinary jobs."""
     before = service.ensure_workers(2)
     ids = [ledger.submit(QUICK)["id"], ledger.submit(POISON)["id"],
            ledger.submit(QUICK)["id"], ledger.submit(QUICK)["id"]]

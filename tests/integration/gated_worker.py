@@ -1,4 +1,5 @@
-"""The generation worker the integration tests run: the real one, plus a gate.
+"""The generation worker the integration tests run: the real one, plus a gate (and a
+poison switch, for a job that fails on every run).
 
 A job submitted with ``metadata: {"hold": true}`` stops after its first step (progress
 already published) until the test releases it, so a test can cancel, queue more work or
@@ -10,7 +11,12 @@ from __future__ import annotations
 
 import redis
 
-from tests.integration.gate import HOLD_METADATA_KEY, RELEASE_SECONDS, release_key
+from tests.integration.gate import (
+    HOLD_METADATA_KEY,
+    POISON_METADATA_KEY,
+    RELEASE_SECONDS,
+    release_key,
+)
 from worker import tasks
 from worker.generation_worker import app, settings
 
@@ -26,6 +32,8 @@ def _held_report(self: tasks.ProgressReporter, step: int, total_steps: int) -> b
     if step != 1 or stop:
         return stop
     job = self.store.get(self.job_id)
+    if job is not None and (job.metadata or {}).get(POISON_METADATA_KEY):
+        raise RuntimeError("poisoned by the test (metadata.poison)")
     if job is not None and (job.metadata or {}).get(HOLD_METADATA_KEY):
         _client.blpop([release_key(self.job_id)], timeout=RELEASE_SECONDS)
         return self.store.is_cancel_requested(self.job_id)
