@@ -1,8 +1,8 @@
 """One test's view of the service under fault: the jobs it submits, every answer the API
 gives it, and ``Ledger.verify``, which checks the service's reliability promises on them
-and writes them into the test's record: no accepted job lost, none left non-terminal, at most one
-``completed`` event and exactly one delivered ``completed`` webhook per job, and no 5xx
-but 503 while Redis was down.
+and writes them into the test's record: no accepted job lost, none left non-terminal, at
+most one ``completed`` event and exactly one delivered ``completed`` webhook per job, and
+no 5xx but 503 while Redis was down.
 """
 
 from __future__ import annotations
