@@ -55,3 +55,11 @@ def redis_url(redis_server: str) -> Iterator[str]:
     """The session's Redis, emptied before each test."""
     redis.Redis.from_url(redis_server).flushall()
     yield redis_server
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A decoding client (as the job store wants) of the test's emptied Redis."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()

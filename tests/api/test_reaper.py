@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,16 +33,9 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def store(client: redis.Redis, settings: Settings) -> JobStore:
+def store(redis_client: redis.Redis, settings: Settings) -> JobStore:
     """A store of its own: no app is started, so no reaper runs behind the test's back."""
-    return JobStore(client, settings)
+    return JobStore(redis_client, settings)
 
 
 @pytest.fixture
@@ -98,11 +90,11 @@ def test_a_job_out_of_attempts_fails_worker_lost_and_is_not_published(
 
 
 def test_a_job_past_the_hard_limit_fails_timeout_and_is_not_published(
-    store: JobStore, celery, broker: redis.Redis, client: redis.Redis, settings: Settings
+    store: JobStore, celery, broker: redis.Redis, redis_client: redis.Redis, settings: Settings
 ) -> None:
     job = running_job(store, "hung")
-    beat(client, "tiny-random", "hung", ttl_seconds=60, job_id=job.id)  # alive, but stuck
-    claimed = client.zscore(RUNNING_KEY, job.id)
+    beat(redis_client, "tiny-random", "hung", ttl_seconds=60, job_id=job.id)  # alive, but stuck
+    claimed = redis_client.zscore(RUNNING_KEY, job.id)
     assert reap_stalled_jobs(store, celery, now=claimed + settings.task_time_limit) == []
     late = claimed + settings.task_time_limit + settings.reaper_grace_seconds + 1
     [failed] = reap_stalled_jobs(store, celery, now=late)
@@ -111,10 +103,10 @@ def test_a_job_past_the_hard_limit_fails_timeout_and_is_not_published(
 
 
 def test_a_live_worker_within_the_limit_keeps_its_job(
-    store: JobStore, celery, broker: redis.Redis, client: redis.Redis
+    store: JobStore, celery, broker: redis.Redis, redis_client: redis.Redis
 ) -> None:
     job = running_job(store, "busy")
-    beat(client, "tiny-random", "busy", ttl_seconds=60, job_id=job.id)
+    beat(redis_client, "tiny-random", "busy", ttl_seconds=60, job_id=job.id)
     assert reap_stalled_jobs(store, celery) == []
     assert store.get(job.id) == job
     assert queued_tasks(broker) == {}

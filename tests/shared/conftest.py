@@ -20,13 +20,6 @@ def store_settings() -> Settings:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def hook_calls() -> list[tuple[JobRecord, EventType]]:
     """What the store's ``on_event`` hook received, in order."""
     return []
