@@ -20,7 +20,7 @@ from api.services.metrics import build_metrics_registry
 from api.services.quotas import QueueCaps, RequestRate
 from api.services.status import ModelAvailability
 from shared.celery_app import make_celery
-from shared.jobstore import JobStore
+from shared.jobstore import AsyncJobReader, JobStore
 from shared.metrics import MetricsRecorder, chain_hooks
 from shared.model_registry import ModelRegistry
 from shared.settings import Settings
@@ -35,7 +35,9 @@ class AppState:
     settings: Settings
     registry: ModelRegistry
     redis: redis.Redis  # synchronous: the job store and quick reads
-    event_redis: aioredis.Redis  # asyncio, on the serving event loop
+    # asyncio, on the serving event loop: the request path's reads (jobs, keys, rates)
+    # and the pub/sub connection, with no thread-pool hop.
+    event_redis: aioredis.Redis
     events: EventHub  # the one pub/sub connection every SSE stream and wait shares
     celery: Celery
     store: JobStore
@@ -45,6 +47,7 @@ class AppState:
     rate: RequestRate
     queue_caps: QueueCaps
     metrics: CollectorRegistry  # what GET /metrics renders: the whole service's, from Redis
+    reader: AsyncJobReader  # job reads on the serving loop (event_redis)
 
     async def aclose(self) -> None:
         await self.events.aclose()
@@ -70,8 +73,9 @@ def build_app_state(settings: Settings) -> AppState:
             MetricsRecorder(client).record_job_event, WebhookPublisher(client, celery))),
         storage=get_storage(settings),
         availability=ModelAvailability(client),
-        auth=Authenticator.from_settings(settings, client),
+        auth=Authenticator.from_settings(settings, client, event_redis),
         rate=RequestRate(settings),
         queue_caps=QueueCaps(client, settings, registry.names()),
         metrics=build_metrics_registry(client, registry.names()),
+        reader=AsyncJobReader(event_redis),
     )

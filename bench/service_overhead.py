@@ -5,6 +5,14 @@ Celery worker → storage → HTTP), interleaved job by job so machine noise hit
     python -m bench.service_overhead [--model tiny-random|emoji] [--jobs N] [--steps S]
 
 Prints a table of medians, p90s and ratios; performance is measured here, never asserted.
+Besides latency and throughput: the overhead per job (client latency minus the worker's
+own inference time), ``GET /v1/jobs/{id}`` vs ``GET /healthz`` requests/s and submits/s
+(with wrk), notification latency (job finished → ``Prefer: wait`` answer, → SSE
+``completed``), and ``make run`` to ready with the generation worker's memory per model
+set (bench/startup.py).
+
+A new measurement is a ``measure_*`` function filling a field of ``Results`` and a
+section of rows in ``report`` (``_sections``), e.g. the batching gain.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
+import platform
 import shutil
 import signal
 import statistics
@@ -21,11 +31,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 from PIL import Image, ImageChops
 
+from bench.startup import Startup, time_make_run
+from bench.wrk import WRK_MISSING, WrkResult, post_json_script, run_wrk, wrk_available
 from scripts.service_processes import running_service
 from shared.model_registry import TINY_RANDOM, ModelRegistry
 from shared.schemas import JobPlan
@@ -54,11 +67,24 @@ class Results:
     worker_inference_seconds: list[float] = field(default_factory=list)
     direct_jobs_per_second: list[float] = field(default_factory=list)
     service_jobs_per_second: list[float] = field(default_factory=list)
+    # Finished (the job's finished_at, Redis's clock) → the client holds the answer.
+    wait_notify_seconds: list[float] = field(default_factory=list)
+    sse_notify_seconds: list[float] = field(default_factory=list)
     api_requests: int = 0
     api_failures: int = 0
     api_seconds: float = 0.0
     api_clients: int = 0
     healthz_requests_per_second: float = 0.0
+    api_load_generator: str = "wrk"  # or what stood in for it, and why
+    submits: WrkResult | None = None
+    startups: list[Startup] = field(default_factory=list)
+    machine: str = ""
+
+    @property
+    def job_overhead_seconds(self) -> list[float]:
+        """Per service job: client latency minus the worker's own inference time."""
+        return [total - inference for total, inference
+                in zip(self.service_seconds, self.worker_inference_seconds, strict=True)]
 
 
 class DirectPipeline:
@@ -86,13 +112,45 @@ def _succeeded(response: httpx.Response) -> dict:
 
 
 def run_service_job(client: httpx.Client, body: dict) -> tuple[float, dict]:
-    """Seconds from sending ``POST /v1/jobs`` to holding the finished job, and the job."""
+    """Seconds from sending ``POST /v1/jobs`` to holding the finished job, and the job
+    (with ``received_at``: the epoch time it was held, to set against ``finished_at``)."""
     started = time.perf_counter()
     response = client.post("/v1/jobs", json=body, headers=WAIT_HEADERS)
     while response.status_code == 202:
         response = client.get(f"/v1/jobs/{response.json()['id']}", headers=WAIT_HEADERS)
     elapsed = time.perf_counter() - started
-    return elapsed, _succeeded(response)
+    received_at = time.time()
+    job = _succeeded(response)
+    job["received_at"] = received_at
+    return elapsed, job
+
+
+def since_finished(job: dict, received_at: float) -> float:
+    """Seconds from the job's ``finished_at`` (stamped on Redis's clock, this machine's)
+    to ``received_at``."""
+    finished = datetime.fromisoformat(job["finished_at"])
+    return received_at - finished.timestamp()
+
+
+def sse_notification(client: httpx.Client, body: dict) -> float:
+    """Submit a job (no wait), follow its SSE stream; seconds from its finish to the
+    ``completed`` event reaching this client."""
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    event = None
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("data:") and event == "completed":
+                received_at = time.time()
+                return since_finished(_succeeded_job(json.loads(line[5:])), received_at)
+    raise BenchmarkError(f"the event stream of {job_id} ended without 'completed'")
+
+
+def _succeeded_job(job: dict) -> dict:
+    if job.get("status") != "succeeded":
+        raise BenchmarkError(f"job did not succeed: {str(job)[:300]}")
+    return job
 
 
 async def _submit_at_once(url: str, body: dict, jobs: int) -> float:
@@ -182,6 +240,7 @@ def measure(args: argparse.Namespace, url: str, direct: DirectPipeline) -> Resul
             warmup=args.warmup,
             load_average=os.getloadavg()[0],
             max_pixel_difference=_max_pixel_difference(direct_image, png),
+            machine=machine_description(),
         )
 
         def direct_job() -> None:
@@ -191,6 +250,7 @@ def measure(args: argparse.Namespace, url: str, direct: DirectPipeline) -> Resul
             seconds, job = run_service_job(client, body)
             results.service_seconds.append(seconds)
             results.worker_inference_seconds.append(job["metrics"]["inference_seconds"])
+            results.wait_notify_seconds.append(since_finished(job, job["received_at"]))
 
         _progress(f"latency: {args.jobs} jobs per mode, interleaved")
         alternate(direct_job, service_job, args.jobs)
@@ -208,16 +268,59 @@ def measure(args: argparse.Namespace, url: str, direct: DirectPipeline) -> Resul
         _progress(f"throughput: {args.rounds} round(s) of {args.jobs} jobs per mode")
         alternate(direct_round, service_round, args.rounds)
 
-    _progress(f"API: GET /v1/jobs/{{id}}, then GET /healthz, {args.rps_seconds} s each")
-    ok, failed, seconds = asyncio.run(
-        _hammer_get(url, f"/v1/jobs/{first_job['id']}", args.clients, args.rps_seconds)
-    )
-    results.api_requests, results.api_failures = ok, failed
-    results.api_seconds, results.api_clients = seconds, args.clients
-    # The same clients on a route that touches neither Redis nor a model: the HTTP ceiling.
-    ok, _, seconds = asyncio.run(_hammer_get(url, "/healthz", args.clients, args.rps_seconds))
-    results.healthz_requests_per_second = ok / seconds
+        _progress(f"notification: {args.jobs} jobs followed by SSE")
+        for _ in range(args.jobs):
+            results.sse_notify_seconds.append(sse_notification(client, body))
+
+    measure_reads(args, url, f"/v1/jobs/{first_job['id']}", results)
+    measure_submits(args, url, body, results)
     return results
+
+
+def measure_reads(args: argparse.Namespace, url: str, job_path: str, results: Results) -> None:
+    """``GET /v1/jobs/{id}``, then ``GET /healthz`` (no Redis, no model: the HTTP ceiling
+    of this machine) with the same load, wrk's if installed."""
+    _progress(f"API: GET /v1/jobs/{{id}}, then GET /healthz, {args.rps_seconds} s each")
+    if wrk_available():
+        job = run_wrk(url + job_path, args.rps_seconds, args.clients)
+        healthz = run_wrk(url + "/healthz", args.rps_seconds, args.clients)
+        assert job is not None and healthz is not None
+        results.api_requests = job.requests - job.non_2xx
+        results.api_failures = job.non_2xx + job.socket_errors
+        results.api_seconds = job.seconds
+        results.healthz_requests_per_second = healthz.requests_per_second
+        results.api_load_generator = "wrk"
+    else:
+        _progress(f"{WRK_MISSING}: measuring with httpx instead, which shares the CPUs "
+                  "with the service and caps the figures")
+        ok, failed, seconds = asyncio.run(_hammer_get(url, job_path, args.clients,
+                                                      args.rps_seconds))
+        results.api_requests, results.api_failures, results.api_seconds = ok, failed, seconds
+        ok, _, seconds = asyncio.run(_hammer_get(url, "/healthz", args.clients,
+                                                 args.rps_seconds))
+        results.healthz_requests_per_second = ok / seconds
+        results.api_load_generator = f"httpx ({WRK_MISSING})"
+    results.api_clients = args.clients
+
+
+def measure_submits(args: argparse.Namespace, url: str, body: dict, results: Results) -> None:
+    """``POST /v1/jobs`` without waiting, as fast as wrk sends them (last: the jobs it
+    queues keep the worker busy until the service stops)."""
+    if not wrk_available():
+        _progress(f"submits/s: skipped, {WRK_MISSING}")
+        return
+    _progress(f"submits: POST /v1/jobs for {args.rps_seconds} s")
+    results.submits = run_wrk(url + "/v1/jobs", args.rps_seconds, args.clients,
+                              lua=post_json_script(json.dumps(body)))
+
+
+def measure_startups(args: argparse.Namespace, results: Results) -> None:
+    """``make run`` to ready, and the worker's RSS, serving the first model, then the
+    first two, ... of ``--memory-models``."""
+    for count in range(1, len(args.memory_models) + 1):
+        models = args.memory_models[:count]
+        _progress(f"make run (scripts/run.py) to ready, serving {' + '.join(models)}")
+        results.startups.append(time_make_run(models, args.torch_threads))
 
 
 def median_and_p90(samples: Sequence[float]) -> tuple[float, float]:
@@ -252,18 +355,20 @@ def report(results: Results) -> str:
         f"(LATENTD_TORCH_THREADS={threads}; --torch-threads)"
     )
     machine_line = (
-        f"  {os.cpu_count()} CPUs, load average {results.load_average:.1f} before measuring; "
+        f"  {results.machine}; load average {results.load_average:.1f} before measuring; "
         f"{results.jobs} jobs per mode after {results.warmup} warm-up, direct/service interleaved ABBA"
     )
     api_line = (
-        f"API  GET /v1/jobs/{{id}}: {api_rate:.0f} requests/s ({results.api_clients} concurrent "
-        f"clients, {results.api_seconds:.1f} s, {results.api_requests} answered 200, "
-        f"{results.api_failures} other; the load generator shares the CPUs)"
+        f"API  GET /v1/jobs/{{id}}: {api_rate:.0f} requests/s ({results.api_clients} "
+        f"connections, {results.api_seconds:.1f} s, {results.api_requests} answered 200, "
+        f"{results.api_failures} other; {results.api_load_generator}, on the same CPUs)"
     )
     healthz_line = (
         f"     GET /healthz (no Redis, for reference): "
         f"{results.healthz_requests_per_second:.0f} requests/s"
     )
+    read_ratio = _row("ratio  GET /v1/jobs/{id} / GET /healthz",
+                      f"{api_rate / results.healthz_requests_per_second:.2f}x")
     overhead = f"overhead {1000 * (service_median - direct_median):+.0f} ms per job"
     return "\n".join([
         job_line,
@@ -285,9 +390,75 @@ def report(results: Results) -> str:
         _row(f"  service  {results.jobs} submitted at once", f"{service_rate:.2f}"),
         _row("ratio  throughput service/direct", f"{service_rate / direct_rate:.2f}x"),
         "",
+        *_overhead_rows(results),
+        "",
         api_line,
         healthz_line,
+        read_ratio,
+        *_sections(results),
     ])
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:.1f} ms"
+
+
+def _overhead_rows(results: Results) -> list[str]:
+    overhead, overhead_p90 = median_and_p90(results.job_overhead_seconds)
+    wait, wait_p90 = median_and_p90(results.wait_notify_seconds)
+    rows = [
+        _row(f"service overhead per job ({len(results.service_seconds)} jobs)", "median", "p90"),
+        _row("  client latency - worker inference", _ms(overhead), _ms(overhead_p90)),
+        _row("notification: job finished ->", "median", "p90"),
+        _row("  Prefer: wait answer", _ms(wait), _ms(wait_p90)),
+    ]
+    if results.sse_notify_seconds:
+        sse, sse_p90 = median_and_p90(results.sse_notify_seconds)
+        rows.append(_row("  SSE completed event", _ms(sse), _ms(sse_p90)))
+    return rows
+
+
+def _sections(results: Results) -> list[str]:
+    """Every section after the API's: one block of rows each, in this order."""
+    lines: list[str] = []
+    if results.submits is None:
+        lines += ["", f"submits: not measured ({WRK_MISSING})"]
+    else:
+        submits = results.submits
+        lines += ["", _row(f"submits  POST /v1/jobs, no wait (wrk, {submits.connections} "
+                           "connections)", f"{submits.requests_per_second:.0f}/s"),
+                  (f"  {submits.requests} sent in {submits.seconds:.1f} s, {submits.non_2xx} "
+                   f"not 2xx, {submits.socket_errors} socket errors")]
+    if results.startups:
+        lines += ["", _row("make run -> ready, worker memory (RSS)", "ready", "RSS")]
+        for startup in results.startups:
+            lines.append(_row(f"  {' + '.join(startup.models)}", f"{startup.seconds_to_ready:.1f} s",
+                              f"{startup.worker_rss_bytes / 2**20:.0f} MiB"))
+        if len(results.startups) > 1:
+            first, last = results.startups[0], results.startups[-1]
+            lines.append(_row(f"ratio  RSS {len(last.models)} models / 1 model",
+                              f"{last.worker_rss_bytes / first.worker_rss_bytes:.2f}x"))
+    return lines
+
+
+def machine_description() -> str:
+    memory = ""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            kib = int(meminfo.readline().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB memory"
+    except (OSError, ValueError, IndexError):
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo
+                     if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPUs ({cpu}){memory}, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -317,14 +488,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--clients",
         type=int,
-        default=4,
-        help="concurrent clients for the API requests/s (default 4)",
+        default=8,
+        help="connections for the API requests/s and submits/s (default 8)",
     )
     parser.add_argument(
         "--rps-seconds",
         type=float,
-        default=2.0,
-        help="how long to measure API requests/s (default 2)",
+        default=4.0,
+        help="how long to measure each requests/s (default 4; wrk rounds to whole seconds)",
+    )
+    parser.add_argument(
+        "--memory-models",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=["emoji", TINY_RANDOM],
+        help="make run to ready and worker RSS serving the first, then the first two, ... "
+             "of these (comma-separated; default emoji,tiny-random; '' to skip)",
     )
     args = parser.parse_args(argv)
     for name in ("jobs", "torch_threads", "warmup", "rounds", "clients"):
@@ -342,7 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _progress(f"loading {args.model} in this process")
     direct = DirectPipeline(args.model, args.torch_threads)
     workdir = Path(tempfile.mkdtemp(prefix="latentd-bench-"))
-    env = {"LATENTD_DEFAULT_MODEL": args.model, "LATENTD_TORCH_THREADS": str(args.torch_threads)}
+    env = {"LATENTD_DEFAULT_MODEL": args.model, "LATENTD_TORCH_THREADS": str(args.torch_threads),
+           # submits/s queues as many jobs as it can send: none refused for the caps
+           "LATENTD_MAX_QUEUED_JOBS": "1000000", "LATENTD_MAX_QUEUED_JOBS_PER_KEY": "1000000"}
     try:
         _progress("starting redis-server, the workers and the API")
         with running_service(workdir, env, node_tag="bench") as service:
@@ -352,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _progress(f"{outcome}; service logs kept in {workdir}")
         raise
     shutil.rmtree(workdir, ignore_errors=True)
+    # After the service has stopped, so that the launcher has the machine to itself.
+    measure_startups(args, results)
     print(report(results), flush=True)
     return 0
 

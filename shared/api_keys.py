@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
+import redis.asyncio as aioredis
 
 SECRET_PREFIX = "ltd_"
 # hash: SHA-256 of the secret (hex) -> ApiKey JSON
@@ -51,8 +52,7 @@ class ApiKeyStore:
         return key, secret
 
     def find(self, secret: str) -> ApiKey | None:
-        raw = self._redis.hget(KEYS_HASH, digest(secret))
-        return ApiKey(**json.loads(raw)) if raw else None
+        return _key_from(self._redis.hget(KEYS_HASH, digest(secret)))
 
     def all(self) -> list[ApiKey]:
         keys = [ApiKey(**json.loads(raw)) for raw in self._redis.hvals(KEYS_HASH)]
@@ -66,6 +66,23 @@ class ApiKeyStore:
 
     def count(self) -> int:
         return int(self._redis.hlen(KEYS_HASH))
+
+
+class AsyncApiKeyLookup:
+    """The API's per-request reads of the same keys, on its event loop (no thread hop)."""
+
+    def __init__(self, client: aioredis.Redis):
+        self._redis = client
+
+    async def find(self, secret: str) -> ApiKey | None:
+        return _key_from(await self._redis.hget(KEYS_HASH, digest(secret)))
+
+    async def count(self) -> int:
+        return int(await self._redis.hlen(KEYS_HASH))
+
+
+def _key_from(raw: str | bytes | None) -> ApiKey | None:
+    return ApiKey(**json.loads(raw)) if raw else None
 
 
 def read_key_file(path: Path) -> dict[str, ApiKey]:

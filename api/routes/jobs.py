@@ -121,7 +121,7 @@ async def get_job(
     prefer: PreferHeader = None,
 ) -> Job:
     """The job; with ``Prefer: wait=N``, once it has finished (200) or N seconds passed (202)."""
-    job = await run_in_threadpool(service.get, job_id, caller)
+    job = await service.read(job_id, caller)
     waited = wait_seconds(prefer, settings.max_wait_seconds)
     if not waited:
         return public_job(job)

@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio as aioredis
 
 from api.errors import ApiError
-from shared.api_keys import ApiKey, ApiKeyStore, digest
+from shared.api_keys import ApiKey, ApiKeyStore, AsyncApiKeyLookup, digest
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,15 @@ def is_loopback(host: str) -> bool:
 
 
 class Authenticator:
-    """Turns the request's key into a ``Caller``; built once per API process."""
+    """Turns the request's key into a ``Caller``; built once per API process.
 
-    def __init__(self, store: ApiKeyStore, configured: dict[str, ApiKey], always: bool = False):
+    ``store`` answers the startup check (sync); ``lookup`` the requests, on the event loop.
+    """
+
+    def __init__(self, store: ApiKeyStore, lookup: AsyncApiKeyLookup,
+                 configured: dict[str, ApiKey], always: bool = False):
         self._store = store
+        self._lookup = lookup
         self._configured = configured  # by digest: the key file and LATENTD_ADMIN_KEY
         # Beyond loopback a key is always required, even if every key gets revoked.
         self._always = always
@@ -65,7 +71,8 @@ class Authenticator:
         self._stored_keys = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings, client: redis.Redis) -> Authenticator:
+    def from_settings(cls, settings: Settings, client: redis.Redis,
+                      async_client: aioredis.Redis) -> Authenticator:
         """The process's authenticator; ``ValueError`` naming the setting when the API
         would listen beyond loopback with no key to require."""
         from shared.api_keys import read_key_file
@@ -78,7 +85,8 @@ class Authenticator:
                 raise ValueError(f"LATENTD_API_KEYS_FILE: {exc}") from None
         if settings.admin_key is not None:
             configured[digest(settings.admin_key)] = ApiKey(ADMIN_KEY_ID, "admin", admin=True)
-        auth = cls(ApiKeyStore(client), configured, always=not is_loopback(settings.host))
+        auth = cls(ApiKeyStore(client), AsyncApiKeyLookup(async_client), configured,
+                   always=not is_loopback(settings.host))
         if not is_loopback(settings.host) and not auth.keys_exist(strict=True):
             raise ValueError(
                 f"LATENTD_HOST {settings.host} is not a loopback address and no API key "
@@ -97,28 +105,49 @@ class Authenticator:
     def keys_exist(self, strict: bool = False) -> bool:
         """True once any key exists. ``strict``: an unreachable Redis counts as "yes"
         (refuse rather than run open); otherwise it counts as the last answer seen."""
-        if self._configured:
-            return True
+        cached = self._cached_answer()
+        if cached is not None:
+            return cached
         now = time.monotonic()
-        with self._lock:
-            if now - self._counted_at < KEY_COUNT_CACHE_SECONDS:
-                return self._stored_keys > 0
         try:
             count = self._store.count()
         except redis.RedisError:
             return strict or self._stored_keys > 0
+        return self._remember(now, count)
+
+    async def _keys_exist_now(self) -> bool:
+        """``keys_exist()`` as a request asks it, read on the event loop."""
+        cached = self._cached_answer()
+        if cached is not None:
+            return cached
+        now = time.monotonic()
+        try:
+            count = await self._lookup.count()
+        except redis.RedisError:
+            return self._stored_keys > 0
+        return self._remember(now, count)
+
+    def _cached_answer(self) -> bool | None:
+        if self._configured:
+            return True
         with self._lock:
-            self._counted_at, self._stored_keys = now, count
+            if time.monotonic() - self._counted_at < KEY_COUNT_CACHE_SECONDS:
+                return self._stored_keys > 0
+        return None
+
+    def _remember(self, counted_at: float, count: int) -> bool:
+        with self._lock:
+            self._counted_at, self._stored_keys = counted_at, count
         return count > 0
 
-    def caller(self, authorization: str | None, api_key: str | None) -> Caller:
+    async def caller(self, authorization: str | None, api_key: str | None) -> Caller:
         secret = api_key or _bearer(authorization)
-        if not self._always and not self.keys_exist():
+        if not self._always and not await self._keys_exist_now():
             return Caller(PUBLIC_OWNER)
         if not secret:
             raise Unauthorized("missing_api_key",
                                "send your API key as 'Authorization: Bearer <key>' or 'X-API-Key'")
-        key = self._configured.get(digest(secret)) or self._store.find(secret)
+        key = self._configured.get(digest(secret)) or await self._lookup.find(secret)
         if key is None:
             raise Unauthorized("invalid_api_key", "the API key is not valid (or was revoked)")
         return Caller(key.id, admin=key.admin)

@@ -13,9 +13,9 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from api.errors import NotFound
 from api.services.auth import Caller
@@ -36,13 +36,19 @@ def event_for_status(status: JobStatus) -> EventType:
     return EventType.STARTED if status is JobStatus.RUNNING else EventType.QUEUED
 
 
+class JobReader(Protocol):
+    """Reads a job on the event loop (``shared.jobstore.AsyncJobReader``)."""
+
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+
 @dataclass
 class JobEvents:
-    """Job events for one request, through the process's one pub/sub connection (``hub``);
-    ``store`` is sync, so its reads go to a thread."""
+    """Job events through the process's one pub/sub connection (``hub``); the job is read
+    on the event loop (``reader``), with no thread-pool hop."""
 
     hub: EventHub
-    store: JobStore
+    reader: JobReader
 
     async def wait(self, record: JobRecord, seconds: float) -> JobRecord:
         """The job once it is terminal, or as it stands after ``seconds``, whichever is first.
@@ -112,7 +118,7 @@ class JobEvents:
             await following.aclose()
 
     async def _read(self, job_id: str) -> JobRecord | None:
-        return await run_in_threadpool(self.store.get, job_id)
+        return await self.reader.get(job_id)
 
 
 async def _next_event(subscription: Subscription, timeout: float) -> JobEvent | None:

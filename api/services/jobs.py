@@ -25,7 +25,7 @@ from api.services.images import decode_image, to_png
 from api.services.quotas import QueueCaps
 from api.services.status import ModelAvailability
 from shared.celery_app import GENERATE_TASK
-from shared.jobstore import IdempotencyConflict, JobStore
+from shared.jobstore import AsyncJobReader, IdempotencyConflict, JobStore
 from shared.model_registry import ModelRegistry, ModelSpec, UnknownModel, queue_for_model
 from shared.plan import PlanError, plan_job
 from shared.priorities import queue_level, queue_level_of
@@ -82,6 +82,7 @@ class _Inputs:
 class JobService:
     settings: Settings
     store: JobStore
+    reader: AsyncJobReader  # the same reads as ``store``'s, on the event loop
     storage: Storage
     registry: ModelRegistry
     celery: Celery
@@ -186,11 +187,11 @@ class JobService:
     # -- reads and changes --------------------------------------------------------
 
     def get(self, job_id: str, caller: Caller) -> JobRecord:
-        job = self.store.get(job_id)
-        # Another owner's job is reported exactly like a missing one.
-        if job is None or not caller.may_see(job.owner):
-            raise NotFound(f"job '{job_id}' not found", "job_not_found")
-        return job
+        return _visible(self.store.get(job_id), job_id, caller)
+
+    async def read(self, job_id: str, caller: Caller) -> JobRecord:
+        """``get`` for async routes: one round trip on the event loop."""
+        return _visible(await self.reader.get(job_id), job_id, caller)
 
     def list(
         self, caller: Caller, status: JobStatus | None, cursor: str | None, limit: int,
@@ -240,6 +241,13 @@ class JobService:
         except KeyError:
             raise NotFound(f"image {index} of job '{job_id}' is gone", "image_not_found") from None
         return ImageBytes(data, info.format.content_type)
+
+
+def _visible(job: JobRecord | None, job_id: str, caller: Caller) -> JobRecord:
+    # Another owner's job is reported exactly like a missing one.
+    if job is None or not caller.may_see(job.owner):
+        raise NotFound(f"job '{job_id}' not found", "job_not_found")
+    return job
 
 
 def publish_generation(store: JobStore, celery: Celery, job: JobRecord) -> JobRecord:

@@ -1,5 +1,6 @@
 """Fair use: a request rate per key (the ``limits`` package, counted in Redis so every API
-process shares one count), and caps on queued jobs per key and per model."""
+process shares one count, through its asyncio storage on the serving loop), and caps on
+queued jobs per key and per model."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import time
 
 import redis
 from limits import RateLimitItem, parse
-from limits.storage import RedisStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from api.errors import ApiError, Unavailable
 from shared.jobstore.keys import owner_key, queue_key
@@ -30,15 +31,17 @@ class RequestRate:
     def __init__(self, settings: Settings):
         self._item: RateLimitItem | None = (
             parse(settings.rate_limit) if settings.rate_limit else None)
-        self._limiter = (SlidingWindowCounterRateLimiter(RedisStorage(settings.redis_url))
-                         if self._item else None)
+        self._limiter = (
+            SlidingWindowCounterRateLimiter(
+                RedisStorage(f"async+{settings.redis_url}", implementation="redispy"))
+            if self._item else None)
 
-    def hit(self, owner: str) -> None:
+    async def hit(self, owner: str) -> None:
         """Count one request of ``owner``; ``RateLimited`` (429) once over the rate."""
         if self._item is None or self._limiter is None:
             return
-        if not self._limiter.hit(self._item, "latentd", owner):
-            reset_at, _ = self._limiter.get_window_stats(self._item, "latentd", owner)
+        if not await self._limiter.hit(self._item, "latentd", owner):
+            reset_at, _ = await self._limiter.get_window_stats(self._item, "latentd", owner)
             raise RateLimited(
                 "rate_limited", f"more than {self._item} requests from this key; slow down",
                 math.ceil(reset_at - time.time()),

@@ -15,7 +15,7 @@ from api.services import events as events_module
 from api.services.auth import Caller
 from api.services.event_hub import EventHub
 from api.services.events import JobEvents
-from shared.jobstore import JobStore
+from shared.jobstore import AsyncJobReader, JobStore
 from shared.records import JobRecord, public_job
 from shared.schemas import ErrorCode, Metrics
 from shared.settings import Settings
@@ -30,7 +30,8 @@ def anyio_backend() -> str:
 
 
 class ReadCountingStore(JobStore):
-    """The real store; counts reads and can act just before one (as a racing worker)."""
+    """The real store; counts JobEvents' reads (through ``reader``, the real async reader)
+    and can act just before the first one (as a racing worker)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -38,12 +39,19 @@ class ReadCountingStore(JobStore):
         self.first_read = threading.Event()
         self.before_first_read: Callable[[], object] | None = None
 
-    def get(self, job_id: str) -> JobRecord | None:
-        if self.reads == 0 and self.before_first_read is not None:
-            self.before_first_read()
-        self.reads += 1
-        record = super().get(job_id)
-        self.first_read.set()
+
+class CountingReader(AsyncJobReader):
+    def __init__(self, client: aioredis.Redis, counts: ReadCountingStore) -> None:
+        super().__init__(client)
+        self._counts = counts
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        counts = self._counts
+        if counts.reads == 0 and counts.before_first_read is not None:
+            counts.before_first_read()
+        counts.reads += 1
+        record = await super().get(job_id)
+        counts.first_read.set()
         return record
 
 
@@ -61,7 +69,7 @@ def store(redis_url: str) -> Iterator[ReadCountingStore]:
 async def events(redis_url: str, store: ReadCountingStore) -> AsyncIterator[JobEvents]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     hub = EventHub(client, max_streams=100, max_streams_per_owner=100)
-    yield JobEvents(hub=hub, store=store)
+    yield JobEvents(hub=hub, reader=CountingReader(client, store))
     await hub.aclose()
     await client.aclose()
 
