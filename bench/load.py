@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -88,9 +89,12 @@ def final_states(url: str, keys: Sequence[str], ids: list[str], timeout: float) 
     return states
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+def p50_p99(values: list[float]) -> tuple[float, float]:
+    """The median and 99th percentile (``statistics.quantiles``, inclusive); 0 for none."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (0.0, 0.0)
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[49], cuts[98]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({len(tally.accepted) / submit_seconds:.1f} jobs/s)")
     print(f"  errors          {sum(errors.values())} {errors or ''} "
           f"transport errors {tally.transport_errors}")
-    print(f"  API latency     p50 {percentile(tally.latencies, 0.5) * 1000:.0f} ms  "
-          f"p99 {percentile(tally.latencies, 0.99) * 1000:.0f} ms  (POST with Prefer: wait=30)")
+    p50, p99 = p50_p99(tally.latencies)
+    print(f"  API latency     p50 {p50 * 1000:.0f} ms  "
+          f"p99 {p99 * 1000:.0f} ms  (POST with Prefer: wait=30)")
     terminal = sum(n for status, n in states.items() if status in TERMINAL)
     print(f"  terminal        {terminal} of {len(tally.accepted)} {dict(states)}")
     return 0

@@ -1,6 +1,7 @@
 """The service-overhead benchmark runs end to end at minimal sizes and prints its ratios.
 
 Timings are never asserted: only that every measured line is there with a number.
+wrk is one of the test tools (scripts/install.sh --test-tools).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ EXPECTED_LINES = [
     rf"^ratio +throughput service/direct +{NUMBER}x$",
     rf"^  direct +GenerationEngine\.generate +{NUMBER} s +{NUMBER} s$",
     rf"^  service +POST /v1/jobs, Prefer: wait +{NUMBER} s +{NUMBER} s$",
-    r"^API  GET /v1/jobs/\{id\}: \d+ requests/s \(2 concurrent clients, .* 0 other;",
+    r"^API  GET /v1/jobs/\{id\}: \d+ requests/s \(2 connections, .* 0 other; wrk, ",
+    r"^     GET /healthz \(no Redis, for reference\): \d+ requests/s$",
+    rf"^ratio +GET /v1/jobs/\{{id\}} / GET /healthz +{NUMBER}x$",
+    rf"^  client latency - worker inference +-?{NUMBER} ms +-?{NUMBER} ms$",
+    rf"^  Prefer: wait answer +{NUMBER} ms +{NUMBER} ms$",
+    rf"^  SSE completed event +{NUMBER} ms +{NUMBER} ms$",
+    r"^submits  POST /v1/jobs, no wait \(wrk, 2 connections\) +\d+/s$",
+    r"^  \d+ sent in [\d.]+ s, 0 not 2xx, 0 socket errors$",
+    rf"^  tiny-random +{NUMBER} s +\d+ MiB$",
     r"^  torch threads: 1 in the direct path and in the worker \(LATENTD_TORCH_THREADS=1;",
     r"^  same pixels from both paths: yes$",
 ]
@@ -27,8 +36,9 @@ EXPECTED_LINES = [
 def test_benchmark_prints_its_ratios() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.service_overhead", "--jobs", "2", "--steps", "1",
-         "--warmup", "1", "--rounds", "1", "--clients", "2", "--rps-seconds", "0.2"],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+         "--warmup", "1", "--rounds", "1", "--clients", "2", "--rps-seconds", "1",
+         "--memory-models", "tiny-random"],
+        cwd=REPO, capture_output=True, text=True, timeout=480, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for pattern in EXPECTED_LINES:
