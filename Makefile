@@ -10,7 +10,7 @@ help:
 	@echo "make run     start Redis, the workers and the API on http://127.0.0.1:$${LATENTD_PORT:-8000}"
 	@echo "make test    run the test suite"
 	@echo "make lint    ruff, and mypy on api/ shared/ worker/"
-	@echo "make bench   service vs direct pipeline: latency, throughput, API requests/s (BENCH_ARGS=...)"
+	@echo "make bench   service vs direct pipeline: overhead per job, notification, reads/submits per s (wrk), make run to ready, worker memory (BENCH_ARGS=...)"
 	@echo "make install create .venv and install the pinned dependencies"
 
 install:
