@@ -5,19 +5,28 @@ validates against it without torch; the worker turns a source into a loaded pipe
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.schemas import FLOW_SCHEDULERS, NOISE_SCHEDULERS, SCHEDULERS, ModelInfo, Task
+from shared.schemas import (
+    FLOW_SCHEDULERS,
+    NOISE_SCHEDULERS,
+    SCHEDULERS,
+    GuidanceKind,
+    ModelInfo,
+    Task,
+)
 
 if TYPE_CHECKING:  # settings import this module for the default model's name
     from shared.settings import Settings
 
 TINY_RANDOM = "tiny-random"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 EMOJI = "emoji"
 EMBEDDED_PREFIX = "builtin:"
 
@@ -29,17 +38,33 @@ DEFAULT_MODEL = EMOJI
 EMOJI_GUIDANCE_SCALE = 5.0
 
 
-class GuidanceKind(StrEnum):
-    """How a model is steered by ``guidance_scale`` (and so whether it reads a negative prompt).
 
-    classifier-free: two passes, prompt and negative prompt (SD 1.x/2.x, SDXL, SD3);
-    distilled: the scale is an input of one pass, no negative prompt (Flux);
-    none: the model ignores guidance altogether.
+
+class ModelFamily(StrEnum):
+    """The architecture a model belongs to, which decides its defaults and what it can do.
+
+    ``other`` is anything else (the embedded emoji model, a hub id not yet described):
+    its spec is what ``LATENTD_MODELS`` says.
     """
 
-    CLASSIFIER_FREE = "classifier-free"
-    DISTILLED = "distilled"
-    NONE = "none"
+    SD1 = "sd1"
+    SD2 = "sd2"
+    SDXL = "sdxl"
+    SDXL_REFINER = "sdxl-refiner"
+    SD3 = "sd3"
+    FLUX = "flux"
+    OTHER = "other"
+
+
+# The range of guidance_scale each kind is run at, unless the spec says otherwise.
+# Distilled guidance (Flux dev) is an input the model was trained on for about 1–10;
+# outside that it produces noise rather than stronger guidance.
+GUIDANCE_SCALE_RANGES: dict[GuidanceKind, tuple[float, float]] = {
+    GuidanceKind.CLASSIFIER_FREE: (0.0, 30.0),
+    GuidanceKind.DISTILLED: (1.0, 10.0),
+    GuidanceKind.NONE: (0.0, 0.0),
+}
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 class ModelSpec(BaseModel):
@@ -51,8 +76,10 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    # "builtin:<name>", a local diffusers directory, or a hub id ("org/name").
+    # "builtin:<name>", a local diffusers directory, a single-file checkpoint
+    # (.safetensors/.ckpt), or a hub id ("org/name").
     source: str
+    family: ModelFamily = ModelFamily.OTHER
     tasks: list[Task] = Field(default_factory=lambda: list(Task))
     default_width: int = 512
     default_height: int = 512
@@ -68,10 +95,58 @@ class ModelSpec(BaseModel):
     # Samplers this model's requests may choose; flow-matching models have their own.
     schedulers: list[str] = Field(default_factory=lambda: list(NOISE_SCHEDULERS))
     guidance: GuidanceKind = GuidanceKind.CLASSIFIER_FREE
+    # Filled from the guidance kind's range (GUIDANCE_SCALE_RANGES) when not given.
+    min_guidance_scale: float | None = Field(None, ge=0, le=30)
+    max_guidance_scale: float | None = Field(None, ge=0, le=30)
+    # Requests' width and height must be multiples of this: 8 for the UNet models (the
+    # VAE's factor), 16 for SD3 and Flux (VAE factor × transformer patch / latent packing).
+    size_multiple: int = Field(8, ge=8, le=128, multiple_of=8)
+    # Flux: real classifier-free guidance on top of the distilled one, with a negative
+    # prompt, when a request's true_cfg_scale is above 1 (two passes a step).
+    true_cfg: bool = False
+    # SDXL refiner: the aesthetic scores its UNet is conditioned on (its training's
+    # defaults); None for every other model.
+    aesthetic_score: float | None = None
+    negative_aesthetic_score: float | None = None
     description: str = ""
+
+    # How the worker loads it (worker/pipelines.py); not part of what /v1/models shows.
+    # dtype: None = bfloat16 for Flux and float16 for the others on CUDA, float32 on CPU.
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    # Weight file variant inside the folder, e.g. "fp16" for *.fp16.safetensors.
+    variant: str | None = None
+    # Single-file checkpoints: a local diffusers folder (or hub id) with the
+    # pipeline's configs, so that loading needs no network.
+    config: str | None = None
+    # Keep each module on the CPU until it runs (CUDA only): for models larger than the GPU.
+    cpu_offload: bool = False
+    # Decode the image tile by tile: large sizes in little memory, a little slower.
+    vae_tiling: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
+        low, high = GUIDANCE_SCALE_RANGES[self.guidance]
+        if self.min_guidance_scale is None:
+            self.min_guidance_scale = low
+        if self.max_guidance_scale is None:
+            self.max_guidance_scale = high
+        if not (self.min_guidance_scale <= self.default_guidance_scale
+                <= self.max_guidance_scale):
+            raise ValueError(
+                f"default_guidance_scale {self.default_guidance_scale} must lie between "
+                f"min_guidance_scale {self.min_guidance_scale} and max_guidance_scale "
+                f"{self.max_guidance_scale} ({self.guidance.value} guidance)"
+            )
+        sizes = (self.min_width, self.min_height, self.default_width, self.default_height)
+        if any(size % self.size_multiple for size in sizes):
+            raise ValueError(f"min_*/default_* sizes must be multiples of size_multiple "
+                             f"{self.size_multiple}")
+        if self.is_single_file and self.family is ModelFamily.OTHER:
+            raise ValueError("a single-file checkpoint needs its family (\"family\": "
+                             "\"sd1\", ...) or a \"config\" folder to read it from")
+        if self.true_cfg and self.guidance is GuidanceKind.CLASSIFIER_FREE:
+            raise ValueError("true_cfg is for distilled or no guidance; classifier-free "
+                             "models use guidance_scale itself")
         unknown = [name for name in self.schedulers if name not in SCHEDULERS]
         if unknown or not self.schedulers:
             raise ValueError(
@@ -90,6 +165,10 @@ class ModelSpec(BaseModel):
     @property
     def is_builtin(self) -> bool:
         return self.source.startswith(EMBEDDED_PREFIX)
+
+    @property
+    def is_single_file(self) -> bool:
+        return self.source.endswith(SINGLE_FILE_SUFFIXES)
 
     def info(self) -> ModelInfo:
         """What ``/v1/models`` shows of this spec."""
@@ -120,6 +199,7 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
     TINY_RANDOM: ModelSpec(
         name=TINY_RANDOM,
         source=EMBEDDED_PREFIX + TINY_RANDOM,
+        family=ModelFamily.SD1,
         default_width=64,
         default_height=64,
         # 16x16 leaves its UNet's deepest level one pixel (measured); 24 leaves more.
@@ -160,7 +240,13 @@ class ModelRegistry:
         for name, entry in settings.models.items():
             fields = {"source": entry} if isinstance(entry, str) else dict(entry)
             if isinstance(fields.get("source"), str):
-                fields = {**family_defaults(fields["source"]), **fields}
+                where = fields.get("config") or fields["source"]
+                family = fields.get("family")
+                if family is not None and family not in set(ModelFamily):
+                    raise ValueError(
+                        f"LATENTD_MODELS['{name}'] is invalid: family: {family!r} is not one "
+                        f"of {', '.join(ModelFamily)}")
+                fields = _with_defaults(family_defaults(str(where), family), fields)
             try:
                 specs[name] = ModelSpec(name=name, **fields)
             except ValidationError as exc:
@@ -197,28 +283,167 @@ class ModelRegistry:
         return iter(self._specs.values())
 
 
-# Pipelines whose guidance is not classifier-free, by the class model_index.json names.
-_DISTILLED_PIPELINES = ("FluxPipeline",)
+# The SDXL refiner's aesthetic conditioning, as in its training (and diffusers' defaults).
+REFINER_AESTHETIC_SCORE = 6.0
+REFINER_NEGATIVE_AESTHETIC_SCORE = 2.5
+_NOISE = list(NOISE_SCHEDULERS)
+# Flux passes its own sigmas to the scheduler, which Heun's cannot take.
+_FLUX_SCHEDULERS = ["flow_match_euler", "flow_match_dpmpp_2m"]
+_ALL_TASKS = list(Task)
+
+# What each family runs at, as its reference pipelines and model cards do. A local
+# folder's own configs then set the sizes (sample size × VAE factor) and, for Flux, the
+# guidance (dev-like or schnell-like); LATENTD_MODELS wins over both.
+FAMILY_DEFAULTS: dict[ModelFamily, dict[str, Any]] = {
+    ModelFamily.SD1: {
+        "default_width": 512, "default_height": 512, "max_width": 1024, "max_height": 1024,
+        "default_steps": 30, "default_guidance_scale": 7.5, "schedulers": _NOISE,
+        "default_scheduler": "dpmpp_2m", "size_multiple": 8, "tasks": _ALL_TASKS},
+    ModelFamily.SD2: {
+        "default_width": 768, "default_height": 768, "max_width": 1536, "max_height": 1536,
+        "default_steps": 30, "default_guidance_scale": 7.5, "schedulers": _NOISE,
+        "default_scheduler": "dpmpp_2m", "size_multiple": 8, "tasks": _ALL_TASKS},
+    ModelFamily.SDXL: {
+        "default_width": 1024, "default_height": 1024, "max_width": 2048, "max_height": 2048,
+        "default_steps": 30, "default_guidance_scale": 5.0, "schedulers": _NOISE,
+        "default_scheduler": "dpmpp_2m", "size_multiple": 8, "tasks": _ALL_TASKS},
+    # The refiner only denoises an existing image (or the base's latents): its UNet is
+    # conditioned on aesthetic scores, 6 and 2.5 in its training.
+    ModelFamily.SDXL_REFINER: {
+        "default_width": 1024, "default_height": 1024, "max_width": 2048, "max_height": 2048,
+        "default_steps": 30, "default_guidance_scale": 5.0, "schedulers": _NOISE,
+        "default_scheduler": "dpmpp_2m", "size_multiple": 8, "tasks": [Task.IMAGE_TO_IMAGE],
+        "aesthetic_score": REFINER_AESTHETIC_SCORE,
+        "negative_aesthetic_score": REFINER_NEGATIVE_AESTHETIC_SCORE},
+    ModelFamily.SD3: {
+        "default_width": 1024, "default_height": 1024, "max_width": 2048, "max_height": 2048,
+        "default_steps": 28, "default_guidance_scale": 7.0, "schedulers": list(FLOW_SCHEDULERS),
+        "default_scheduler": "flow_match_euler", "size_multiple": 16, "tasks": _ALL_TASKS},
+    # Flux dev-like; a schnell-like folder (no guidance embedding) gets _FLUX_SCHNELL.
+    ModelFamily.FLUX: {
+        "default_width": 1024, "default_height": 1024, "max_width": 2048, "max_height": 2048,
+        "default_steps": 28, "guidance": GuidanceKind.DISTILLED, "default_guidance_scale": 3.5,
+        "schedulers": _FLUX_SCHEDULERS, "default_scheduler": "flow_match_euler", "size_multiple": 16,
+        "true_cfg": True, "tasks": _ALL_TASKS},
+    ModelFamily.OTHER: {},
+}
+# Timestep-distilled Flux: four steps, and no guidance input at all.
+_FLUX_SCHNELL = {"guidance": GuidanceKind.NONE, "default_guidance_scale": 0.0, "default_steps": 4}
+
+_SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
+                 "StableDiffusionInpaintPipeline")
+_SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
+                   "StableDiffusionXLInpaintPipeline")
+_SD3_PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
+                  "StableDiffusion3InpaintPipeline")
+_FLUX_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+# SD 2.x's text encoder (OpenCLIP ViT-H) is 1024 wide; SD 1.x's CLIP ViT-L 768.
+_SD2_CROSS_ATTENTION_DIM = 1024
+# Flux pipelines default to 128 latent pixels a side (1024 with the usual VAE).
+_FLUX_SAMPLE_SIZE = 128
+SMALLEST_MIN_SIZE = 64
 
 
-def family_defaults(source: str) -> dict[str, object]:
-    """Spec values a local diffusers folder implies, read from its JSON (no torch).
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
-    Flow-matching models (SD3, Flux) only run with their own sampler, and Flux's guidance
-    is distilled (no negative prompt). Values given in ``LATENTD_MODELS`` win.
+
+def detect_family(folder: Path) -> ModelFamily:
+    """The family of a local diffusers folder, from its JSON files (OTHER if not one)."""
+    pipeline = str(_read_json(folder / "model_index.json").get("_class_name", ""))
+    if pipeline in _SD_PIPELINES:
+        scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+        unet = _read_json(folder / "unet" / "config.json")
+        if (scheduler.get("prediction_type") == "v_prediction"
+                or unet.get("cross_attention_dim") == _SD2_CROSS_ATTENTION_DIM):
+            return ModelFamily.SD2
+        return ModelFamily.SD1
+    if pipeline in _SDXL_PIPELINES:
+        index = _read_json(folder / "model_index.json")
+        # The refiner's UNet takes an aesthetic score among its time ids; the pipeline
+        # records it, and the refiner has no first text encoder.
+        if index.get("requires_aesthetics_score") is True:
+            return ModelFamily.SDXL_REFINER
+        return ModelFamily.SDXL
+    if pipeline in _SD3_PIPELINES:
+        return ModelFamily.SD3
+    if pipeline in _FLUX_PIPELINES:
+        return ModelFamily.FLUX
+    return ModelFamily.OTHER
+
+
+def family_defaults(source: str, family: str | None = None) -> dict[str, object]:
+    """Spec values a model implies: its family's (``family`` if given, else detected from
+    a local diffusers folder's JSON, no torch), then the folder's own sizes and guidance.
+
+    Values given in ``LATENTD_MODELS`` win over these. A hub id without ``family`` gets
+    no defaults (the worker judges it when it loads it).
     """
     folder = Path(source).expanduser()
-    defaults: dict[str, object] = {}
-    try:
-        index = json.loads((folder / "model_index.json").read_text())
-        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    except (OSError, ValueError):
-        return defaults  # a hub id or a folder the worker will judge when it loads it
-    if "FlowMatch" in str(scheduler.get("_class_name", "")):
-        defaults.update(schedulers=list(FLOW_SCHEDULERS), default_scheduler=FLOW_SCHEDULERS[0])
-    if str(index.get("_class_name", "")) in _DISTILLED_PIPELINES:
-        defaults["guidance"] = GuidanceKind.DISTILLED
+    is_folder = (folder / "model_index.json").is_file()
+    chosen = ModelFamily(family) if family else (
+        detect_family(folder) if is_folder else ModelFamily.OTHER)
+    defaults: dict[str, object] = {"family": chosen, **FAMILY_DEFAULTS[chosen]}
+    if not is_folder:
+        return defaults
+    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+    if chosen is ModelFamily.OTHER and "FlowMatch" in str(scheduler.get("_class_name", "")):
+        # An unknown flow-matching pipeline: its own sampler is the one known to fit.
+        defaults.update(schedulers=[FLOW_SCHEDULERS[0]], default_scheduler=FLOW_SCHEDULERS[0])
+    defaults.update(_folder_sizes(folder, chosen))
+    if chosen is ModelFamily.FLUX:
+        transformer = _read_json(folder / "transformer" / "config.json")
+        # FluxTransformer2DModel's guidance_embeds defaults to False (schnell).
+        if transformer and not transformer.get("guidance_embeds", False):
+            defaults.update(_FLUX_SCHNELL)
     return defaults
+
+
+def _with_defaults(defaults: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` over ``defaults``; a ``guidance`` given over the family's also replaces
+    the family's scale defaults, which belong to the family's kind of guidance."""
+    given = fields.get("guidance")
+    if given is not None and given != defaults.get("guidance", GuidanceKind.CLASSIFIER_FREE):
+        defaults = {key: value for key, value in defaults.items() if key not in (
+            "default_guidance_scale", "min_guidance_scale", "max_guidance_scale", "true_cfg")}
+        if given == GuidanceKind.NONE:
+            defaults["default_guidance_scale"] = 0.0
+        if given != GuidanceKind.CLASSIFIER_FREE and defaults.get("family") is ModelFamily.FLUX:
+            defaults["true_cfg"] = True
+    return {**defaults, **fields}
+
+
+def _folder_sizes(folder: Path, family: ModelFamily) -> dict[str, int]:
+    """Native size and size multiple from the folder's VAE and denoiser configs."""
+    vae = _read_json(folder / "vae" / "config.json")
+    levels = len(vae.get("block_out_channels") or [0, 0, 0, 0])
+    vae_factor = 2 ** (levels - 1)
+    if family in (ModelFamily.SD1, ModelFamily.SD2, ModelFamily.SDXL,
+                  ModelFamily.SDXL_REFINER):
+        sample_size = _read_json(folder / "unet" / "config.json").get("sample_size")
+        multiple = vae_factor
+    elif family is ModelFamily.SD3:
+        transformer = _read_json(folder / "transformer" / "config.json")
+        sample_size = transformer.get("sample_size")
+        multiple = vae_factor * int(transformer.get("patch_size", 2))
+    elif family is ModelFamily.FLUX:
+        # Flux packs 2×2 latent pixels into one token.
+        sample_size, multiple = _FLUX_SAMPLE_SIZE, vae_factor * 2
+    else:
+        return {}
+    if not isinstance(sample_size, int):
+        return {}
+    # Requests are multiples of 8 already; the model's own multiple comes on top.
+    multiple = math.lcm(8, multiple)
+    native = max(multiple, sample_size * vae_factor // multiple * multiple)
+    smallest = -(-min(SMALLEST_MIN_SIZE, native) // multiple) * multiple
+    largest = max(2 * native, int(FAMILY_DEFAULTS[family].get("max_width", native)))
+    return {"size_multiple": multiple, "default_width": native, "default_height": native,
+                "min_width": smallest, "min_height": smallest, "max_width": largest, "max_height": largest}
 
 
 def queue_for_model(name: str) -> str:

@@ -12,8 +12,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.model_registry import GuidanceKind, ModelSpec
-from shared.schemas import MAX_SEED, GenerationRequest, JobPlan, PlanWarning, Task
+from shared.model_registry import (
+    REFINER_AESTHETIC_SCORE,
+    REFINER_NEGATIVE_AESTHETIC_SCORE,
+    GuidanceKind,
+    ModelFamily,
+    ModelSpec,
+)
+from shared.schemas import (
+    MAX_SEED,
+    GenerationRequest,
+    JobPlan,
+    PlanWarning,
+    RefinerPlan,
+    Task,
+)
 
 # Image-to-image and inpaint keep a quarter of the init image's structure by default.
 DEFAULT_STRENGTH = 0.75
@@ -24,6 +37,12 @@ OUTPAINT_STRENGTH = 1.0
 # unconditional pass at or below it), so a negative prompt is then unused.
 CFG_THRESHOLD = 1.0
 SIZE_MULTIPLE = 8
+
+# A field the model can *never* use is refused (422): the request was written for another
+# kind of model, and its author should know before paying for an image. A negative prompt
+# that only this request's scale turns off (CFG at guidance_scale <= 1, Flux without
+# true_cfg_scale > 1) is dropped with a warning instead: the same body is valid at every
+# scale, so a sweep over the scale runs through, and the plan says what ran.
 
 
 class PlanError(ValueError):
@@ -52,6 +71,7 @@ def plan_job(
     *,
     init_size: tuple[int, int] | None,
     random_seed: int,
+    refiner_spec: ModelSpec | None = None,
 ) -> PlannedJob:
     """Resolve ``request`` for ``spec``.
 
@@ -60,21 +80,21 @@ def plan_job(
         spec: the model the request runs on.
         init_size: (width, height) of the decoded init image, None when there is none.
         random_seed: the first seed when the request leaves ``seed`` null.
+        refiner_spec: the model ``request.refiner`` names (None when it names none).
     """
     warnings: list[PlanWarning] = []
     _check_task(request, spec)
     _check_inputs(request, init_size)
     width, height, input_size = _sizes(request, spec, init_size)
     steps = request.steps or spec.default_steps
-    guidance_scale = (
-        request.guidance_scale if request.guidance_scale is not None
-        else spec.default_guidance_scale
-    )
+    guidance_scale = _guidance_scale(request, spec)
+    negative_prompt, true_cfg_scale = _negative_prompt(
+        request, spec, guidance_scale, warnings)
     plan = JobPlan(
         task=request.task,
         model=spec.name,
         prompt=request.prompt,
-        negative_prompt=_negative_prompt(request, spec, guidance_scale, warnings),
+        negative_prompt=negative_prompt,
         width=width,
         height=height,
         num_images=request.num_images,
@@ -88,8 +108,73 @@ def plan_job(
         output_format=request.output_format,
         priority=request.priority,
         webhook=request.webhook,
+        guidance=spec.guidance,
+        true_cfg_scale=true_cfg_scale,
+        aesthetic_score=spec.aesthetic_score,
+        negative_aesthetic_score=spec.negative_aesthetic_score,
+        refiner=_refiner(request, spec, refiner_spec, steps),
     )
     return PlannedJob(plan=plan, warnings=warnings, input_size=input_size)
+
+
+def _guidance_scale(request: GenerationRequest, spec: ModelSpec) -> float:
+    asked = request.guidance_scale
+    if asked is None:
+        return spec.default_guidance_scale
+    if spec.guidance is GuidanceKind.NONE and asked != spec.default_guidance_scale:
+        raise PlanError(
+            "guidance_scale", "unsupported_guidance",
+            f"model '{spec.name}' takes no guidance; leave guidance_scale out"
+            + (" (true_cfg_scale runs classifier-free guidance on it)" if spec.true_cfg else ""),
+        )
+    low, high = spec.min_guidance_scale, spec.max_guidance_scale
+    assert low is not None and high is not None  # the spec fills them from its kind
+    if not low <= asked <= high:
+        raise PlanError(
+            "guidance_scale", "guidance_out_of_range",
+            f"guidance_scale {asked:g} is outside model '{spec.name}' range {low:g}–{high:g} "
+            f"({spec.guidance.value} guidance)",
+        )
+    return asked
+
+
+def _refiner(
+    request: GenerationRequest, spec: ModelSpec, refiner_spec: ModelSpec | None, steps: int
+) -> RefinerPlan | None:
+    asked = request.refiner
+    if asked is None:
+        return None
+    if request.task is not Task.TEXT_TO_IMAGE:
+        raise PlanError("refiner", "unexpected_input",
+                        f"a refiner runs after text-to-image, not '{request.task.value}'")
+    if spec.family is not ModelFamily.SDXL:
+        raise PlanError("refiner", "unsupported_refiner",
+                        f"model '{spec.name}' ({spec.family.value}) hands over to no refiner; "
+                        "only SDXL base models do")
+    if refiner_spec is None or refiner_spec.family is not ModelFamily.SDXL_REFINER:
+        kind = "unknown" if refiner_spec is None else f"a {refiner_spec.family.value} model"
+        raise PlanError("refiner.model", "not_a_refiner",
+                        f"refiner model '{asked.model}' is {kind}, not an SDXL refiner")
+    scheduler = request.scheduler or spec.default_scheduler
+    if scheduler not in refiner_spec.schedulers:
+        raise PlanError("scheduler", "unsupported_scheduler",
+                        f"refiner '{refiner_spec.name}' does not run scheduler '{scheduler}'")
+    # diffusers splits the schedule at switch_at: each stage needs a step of its own.
+    base_steps = int(steps * asked.switch_at)
+    if base_steps < 1 or base_steps >= steps:
+        raise PlanError("refiner.switch_at", "no_denoising_steps",
+                        f"switch_at {asked.switch_at} leaves a stage without steps out of "
+                        f"{steps}; change switch_at or raise steps")
+    return RefinerPlan(
+        model=refiner_spec.name, switch_at=asked.switch_at,
+        aesthetic_score=_or(refiner_spec.aesthetic_score, REFINER_AESTHETIC_SCORE),
+        negative_aesthetic_score=_or(refiner_spec.negative_aesthetic_score,
+                                     REFINER_NEGATIVE_AESTHETIC_SCORE),
+    )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _check_task(request: GenerationRequest, spec: ModelSpec) -> None:
@@ -130,13 +215,19 @@ def _sizes(
     request: GenerationRequest, spec: ModelSpec, init_size: tuple[int, int] | None
 ) -> tuple[int, int, tuple[int, int] | None]:
     """(output width, output height, input image size) for the task."""
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if value is not None and value % spec.size_multiple:
+            raise PlanError(name, "size_not_multiple",
+                            f"{name} {value} is not a multiple of {spec.size_multiple}, which "
+                            f"model '{spec.name}' ({spec.family.value}) needs")
     if request.task is Task.TEXT_TO_IMAGE:
         width = request.width or spec.default_width
         height = request.height or spec.default_height
         _check_fits(spec, width, height, "width", "height")
         return width, height, None
     assert init_size is not None  # _check_inputs guarantees it
-    inner = image_task_size(init_size, request.width, request.height)
+    inner = image_task_size(init_size, request.width, request.height, spec.size_multiple)
     given = request.width is not None or request.height is not None
     # A size derived from the image is the image's fault, not the size fields'.
     fields = ("width", "height") if given else ("init_image", "init_image")
@@ -147,15 +238,21 @@ def _sizes(
         width += margins.left + margins.right
         height += margins.top + margins.bottom
         fields = ("outpaint", "outpaint")
+        if width % spec.size_multiple or height % spec.size_multiple:
+            raise PlanError("outpaint", "size_not_multiple",
+                            f"the canvas {width}x{height} (image + margins) is not a multiple "
+                            f"of {spec.size_multiple}, which model '{spec.name}' needs: "
+                            "make left+right and top+bottom multiples of it")
     _check_fits(spec, width, height, *fields)
     return width, height, inner
 
 
 def image_task_size(
-    image_size: tuple[int, int], width: int | None, height: int | None
+    image_size: tuple[int, int], width: int | None, height: int | None,
+    multiple: int = SIZE_MULTIPLE,
 ) -> tuple[int, int]:
-    """The size an image task works at: the requested size, else the image's, to a multiple
-    of 8. With only one side given, the other follows the image's aspect ratio.
+    """The size an image task works at: the requested size, else the image's, rounded
+    down to ``multiple``. With only one side given, the other follows the image's aspect.
 
     For outpaint this is the size of the init image inside the canvas.
     """
@@ -163,14 +260,14 @@ def image_task_size(
     if width and height:
         return width, height
     if width:
-        return width, _round_down(round(img_h * width / img_w))
+        return width, _round_down(round(img_h * width / img_w), multiple)
     if height:
-        return _round_down(round(img_w * height / img_h)), height
-    return _round_down(img_w), _round_down(img_h)
+        return _round_down(round(img_w * height / img_h), multiple), height
+    return _round_down(img_w, multiple), _round_down(img_h, multiple)
 
 
-def _round_down(value: int) -> int:
-    return max(SIZE_MULTIPLE, value - value % SIZE_MULTIPLE)
+def _round_down(value: int, multiple: int) -> int:
+    return max(multiple, value - value % multiple)
 
 
 def _check_fits(spec: ModelSpec, width: int, height: int, width_field: str, height_field: str):
@@ -192,20 +289,50 @@ def _check_fits(spec: ModelSpec, width: int, height: int, width_field: str, heig
 def _negative_prompt(
     request: GenerationRequest, spec: ModelSpec, guidance_scale: float,
     warnings: list[PlanWarning],
-) -> str | None:
+) -> tuple[str | None, float | None]:
+    """(negative prompt, true CFG scale) as they will run; see the rule at the top."""
     negative = request.negative_prompt or None
+    true_cfg_scale = request.true_cfg_scale
+    if true_cfg_scale is not None and not spec.true_cfg:
+        raise PlanError(
+            "true_cfg_scale", "unsupported_guidance",
+            f"model '{spec.name}' has no true CFG (only Flux models do); "
+            + ("use guidance_scale" if spec.guidance is GuidanceKind.CLASSIFIER_FREE
+               else "leave true_cfg_scale out"),
+        )
+    if spec.true_cfg:
+        if true_cfg_scale is not None and true_cfg_scale > CFG_THRESHOLD and negative is None:
+            warnings.append(PlanWarning(
+                field="true_cfg_scale",
+                message="ignored: true CFG runs only with a negative prompt"))
+            return None, None
+        if negative is None:
+            return None, None
+        if true_cfg_scale is None or true_cfg_scale <= CFG_THRESHOLD:
+            warnings.append(PlanWarning(
+                field="negative_prompt",
+                message=f"dropped: model '{spec.name}' reads a negative prompt only with "
+                        f"true_cfg_scale above {CFG_THRESHOLD:g} (true CFG, two passes a step)",
+            ))
+            return None, None
+        return negative, true_cfg_scale
     if negative is None:
-        return None
+        return None, None
     if spec.guidance is not GuidanceKind.CLASSIFIER_FREE:
-        reason = (f"model '{spec.name}' has {spec.guidance.value} guidance, which takes no "
-                  "negative prompt")
-    elif guidance_scale <= CFG_THRESHOLD:
-        reason = (f"guidance_scale {guidance_scale} turns classifier-free guidance off, so a "
-                  f"negative prompt has no effect (use a scale above {CFG_THRESHOLD:g})")
-    else:
-        return negative
-    warnings.append(PlanWarning(field="negative_prompt", message=f"dropped: {reason}"))
-    return None
+        raise PlanError(
+            "negative_prompt", "unsupported_negative_prompt",
+            f"model '{spec.name}' has {spec.guidance.value} guidance, which takes no "
+            "negative prompt",
+        )
+    if guidance_scale <= CFG_THRESHOLD:
+        warnings.append(PlanWarning(
+            field="negative_prompt",
+            message=f"dropped: guidance_scale {guidance_scale:g} turns classifier-free "
+                    f"guidance off, so a negative prompt has no effect (use a scale above "
+                    f"{CFG_THRESHOLD:g})",
+        ))
+        return None, None
+    return negative, None
 
 
 def _scheduler(request: GenerationRequest, spec: ModelSpec) -> str:

@@ -80,9 +80,34 @@ NOISE_SCHEDULERS = (
     "dpmpp_2m_karras",
     "unipc",
 )
-# ... and the flow-matching sampler that SD3 and Flux are trained for.
-FLOW_SCHEDULERS = ("flow_match_euler",)
+# ... and the flow-matching samplers of SD3 and Flux: their own Euler (the default), Heun
+# (SD3 only: it takes no custom sigmas, which Flux passes) and DPM-Solver++ 2M on flow sigmas.
+FLOW_SCHEDULERS = ("flow_match_euler", "flow_match_heun", "flow_match_dpmpp_2m")
 SCHEDULERS = NOISE_SCHEDULERS + FLOW_SCHEDULERS
+
+
+class GuidanceKind(StrEnum):
+    """How a model is steered by ``guidance_scale`` (and so whether it reads a negative prompt).
+
+    classifier-free: two passes, prompt and negative prompt (SD 1.x/2.x, SDXL, SD3);
+    distilled: the scale is an input of one pass (Flux dev); a negative prompt needs
+    true CFG (``true_cfg_scale``) where the model has it;
+    none: the model takes no guidance (Flux schnell, turbo models).
+    """
+
+    CLASSIFIER_FREE = "classifier-free"
+    DISTILLED = "distilled"
+    NONE = "none"
+
+
+class RefinerRequest(BaseModel):
+    """SDXL base → refiner: the base denoises until ``switch_at`` of the schedule, the
+    refiner (another registered model, served by the same worker) does the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=100)
+    switch_at: float = Field(0.8, gt=0, lt=1, strict=True)
 
 
 class OutpaintMargins(BaseModel):
@@ -129,12 +154,15 @@ class GenerationRequest(BaseModel):
     num_images: int = Field(1, ge=1, le=8, strict=True)
     steps: int | None = Field(None, ge=1, le=150, strict=True)
     guidance_scale: float | None = Field(None, ge=0, le=30, strict=True)
+    # Flux only: real classifier-free guidance (two passes) with the negative prompt.
+    true_cfg_scale: float | None = Field(None, ge=1, le=30, strict=True)
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
     seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True)
     init_image: str | None = Field(None, max_length=MAX_IMAGE_B64_CHARS)
     mask_image: str | None = Field(None, max_length=MAX_IMAGE_B64_CHARS)
     strength: float | None = Field(None, gt=0, le=1, strict=True)
     outpaint: OutpaintMargins | None = None
+    refiner: RefinerRequest | None = None
     output_format: OutputFormat = OutputFormat.PNG
     priority: Priority = Priority.NORMAL
     webhook: WebhookSpec | None = None
@@ -203,7 +231,30 @@ class JobPlan(BaseModel):
     output_format: OutputFormat
     priority: Priority
     webhook: WebhookSpec | None
+    # What guidance_scale is: classifier-free ("CFG scale"), the distilled guidance input
+    # of Flux dev, or nothing (then guidance_scale is 0).
+    guidance: GuidanceKind = GuidanceKind.CLASSIFIER_FREE
+    # Flux's true CFG scale, set only when it runs (above 1, with a negative prompt).
+    true_cfg_scale: float | None = None
+    # SDXL refiner models' aesthetic conditioning; None for every other model.
+    aesthetic_score: float | None = None
+    negative_aesthetic_score: float | None = None
+    # Base → refiner handoff of an SDXL text-to-image job; None when there is none.
+    refiner: RefinerPlan | None = None
 
+
+class RefinerPlan(BaseModel):
+    """The refiner stage as it runs: the base denoises until ``switch_at``, the refiner
+    from there, each with the plan's step count over the whole schedule."""
+
+    model: str
+    switch_at: float
+    aesthetic_score: float
+    negative_aesthetic_score: float
+
+
+
+JobPlan.model_rebuild()
 
 
 class Progress(BaseModel):
@@ -329,4 +380,11 @@ class ModelInfo(BaseModel):
     default_scheduler: str
     schedulers: list[str]
     guidance: str
+    family: str = "other"
+    size_multiple: int = 8
+    min_guidance_scale: float | None = None
+    max_guidance_scale: float | None = None
+    true_cfg: bool = False
+    aesthetic_score: float | None = None
+    negative_aesthetic_score: float | None = None
     description: str = ""

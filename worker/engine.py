@@ -49,12 +49,24 @@ def _never_cancel(step: int, total_steps: int) -> bool:
 
 
 class _StepCallback:
-    """``callback_on_step_end`` for one run: reports each step, interrupts on request."""
+    """``callback_on_step_end`` for one run: reports each step, interrupts on request.
 
-    def __init__(self, on_step: OnStep, fallback_total: int):
+    A base → refiner job is one run in two stages: the base stage reports its steps plus
+    the steps left to the refiner (``later_stage``), the refiner stage counts on from the
+    base's last step (``done_before``), so one progress bar covers both.
+    """
+
+    def __init__(self, on_step: OnStep, fallback_total: int, later_stage: bool = False):
         self.on_step = on_step
         self.fallback_total = fallback_total
+        self.later_stage = later_stage
+        self.done_before = 0
+        self.last_step = 0
         self.canceled_at: tuple[int, int] | None = None
+
+    def next_stage(self) -> None:
+        """The refiner stage begins: count on from the base's steps."""
+        self.done_before, self.later_stage = self.last_step, False
 
     def __call__(
         self, pipe: DiffusionPipeline, step_index: int, timestep: Any, callback_kwargs: dict
@@ -62,7 +74,12 @@ class _StepCallback:
         # num_timesteps is what the loop really runs: steps * strength for image tasks,
         # about twice the steps for second-order samplers such as Heun.
         total = getattr(pipe, "_num_timesteps", None) or self.fallback_total
-        step = step_index + 1
+        if self.later_stage:
+            # The base stops at denoising_end: the refiner runs the rest of the schedule.
+            total = max(total, len(getattr(pipe.scheduler, "timesteps", ())))
+        step = self.done_before + step_index + 1
+        total += self.done_before
+        self.last_step = step
         if self.on_step(step, total) and self.canceled_at is None:
             self.canceled_at = (step, total)
             # diffusers skips the remaining denoising steps once this is set.
@@ -97,6 +114,13 @@ class GenerationEngine:
                 f"negative_prompt: model '{plan.model}' ({type(pipe).__name__}) takes none; "
                 "register it with \"guidance\": \"distilled\" in LATENTD_MODELS"
             )
+        if plan.true_cfg_scale is not None and not _takes(pipe, "true_cfg_scale"):
+            raise ValueError(f"true_cfg_scale: model '{plan.model}' ({type(pipe).__name__}) "
+                             "has no true CFG")
+        if plan.refiner is not None and plan.refiner.model not in self.models:
+            served = ", ".join(sorted(self.models))
+            raise ValueError(f"refiner: model '{plan.refiner.model}' is not loaded here "
+                             f"(serving: {served}); serve it with the base model")
         expected = _input_size(plan)
         for name, image in (("init_image", init_image), ("mask_image", mask_image)):
             needed = plan.task in _IMAGE_TASKS if name == "init_image" else (
@@ -132,7 +156,8 @@ class GenerationEngine:
         generators = [torch.Generator(model.device).manual_seed(seed) for seed in plan.seeds]
 
         # 4. Denoise with a fresh scheduler, reporting progress and honouring cancellation
-        callback = _StepCallback(on_step or _never_cancel, fallback_total=plan.steps)
+        callback = _StepCallback(on_step or _never_cancel, fallback_total=plan.steps,
+                                 later_stage=plan.refiner is not None)
         call_kwargs: dict[str, Any] = {
             "prompt": plan.prompt,
             "num_inference_steps": plan.steps,
@@ -142,12 +167,21 @@ class GenerationEngine:
             "callback_on_step_end": callback,
             "output_type": "pil",
             **task_kwargs,
+            **_guidance_inputs(plan, pipe),
         }
-        if plan.negative_prompt is not None:
-            call_kwargs["negative_prompt"] = plan.negative_prompt
+        if plan.task is Task.IMAGE_TO_IMAGE and _takes(pipe, "width"):
+            # SD3's and Flux's image-to-image resize the image to their own default size
+            # (1024) unless told; the image is at the plan's size already.
+            call_kwargs.update(width=plan.width, height=plan.height)
+        if plan.refiner is not None:
+            # The base stops at switch_at and hands its latents over, undecoded.
+            call_kwargs.update(denoising_end=plan.refiner.switch_at, output_type="latent")
         with self._lock:
             pipe.scheduler = scheduler
             output = pipe(**call_kwargs)
+            if plan.refiner is not None and callback.canceled_at is None:
+                callback.next_stage()
+                output = self._refine(plan, output.images, generators, callback)
 
         # 5. Stop here if the job was canceled mid-run (the partial images are dropped)
         if callback.canceled_at is not None:
@@ -158,6 +192,47 @@ class GenerationEngine:
             GeneratedImage(image=image, seed=seed)
             for image, seed in zip(output.images, plan.seeds, strict=True)
         ]
+
+    def _refine(
+        self, plan: JobPlan, latents: torch.Tensor, generators: list[torch.Generator],
+        callback: _StepCallback,
+    ) -> Any:
+        """The refiner stage: the base's latents denoised from switch_at to the end."""
+        assert plan.refiner is not None
+        refiner = self.models[plan.refiner.model]
+        pipe = refiner.pipeline_for(Task.IMAGE_TO_IMAGE)
+        assert pipe is not None  # a refiner spec serves image-to-image
+        pipe.scheduler = make_scheduler(plan.scheduler, refiner.scheduler_config)
+        count = len(plan.seeds)
+        # One prompt per latent: the latents are the batch already.
+        kwargs: dict[str, Any] = {
+            "prompt": [plan.prompt] * count,
+            "image": latents,
+            "num_inference_steps": plan.steps,
+            "denoising_start": plan.refiner.switch_at,
+            "guidance_scale": plan.guidance_scale,
+            "aesthetic_score": plan.refiner.aesthetic_score,
+            "negative_aesthetic_score": plan.refiner.negative_aesthetic_score,
+            "generator": generators,
+            "callback_on_step_end": callback,
+            "output_type": "pil",
+        }
+        if plan.negative_prompt is not None:
+            kwargs["negative_prompt"] = [plan.negative_prompt] * count
+        return pipe(**kwargs)
+
+
+def _guidance_inputs(plan: JobPlan, pipe: DiffusionPipeline) -> dict[str, Any]:
+    """Negative prompt, Flux's true CFG and the refiner's aesthetic scores, as planned."""
+    kwargs: dict[str, Any] = {}
+    if plan.negative_prompt is not None:
+        kwargs["negative_prompt"] = plan.negative_prompt
+    if plan.true_cfg_scale is not None:
+        kwargs["true_cfg_scale"] = plan.true_cfg_scale
+    if plan.aesthetic_score is not None and _takes(pipe, "aesthetic_score"):
+        kwargs["aesthetic_score"] = plan.aesthetic_score
+        kwargs["negative_aesthetic_score"] = plan.negative_aesthetic_score
+    return kwargs
 
 
 def _input_size(plan: JobPlan) -> tuple[int, int]:

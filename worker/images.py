@@ -9,7 +9,7 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter, PngImagePlugin
 
-from shared.schemas import JobPlan, OutpaintMargins, OutputFormat
+from shared.schemas import GuidanceKind, JobPlan, OutpaintMargins, OutputFormat
 from worker.schedulers import A1111_SAMPLER_NAMES
 
 JPEG_QUALITY = 95
@@ -61,15 +61,35 @@ def parameters_text(plan: JobPlan, seed: int) -> str:
     fields = [
         f"Steps: {plan.steps}",
         f"Sampler: {A1111_SAMPLER_NAMES[plan.scheduler]}",
-        f"CFG scale: {plan.guidance_scale}",
+        *_guidance_fields(plan),
         f"Seed: {seed}",
         f"Size: {plan.width}x{plan.height}",
         f"Model: {plan.model}",
     ]
     if plan.strength is not None:
         fields.append(f"Denoising strength: {plan.strength}")
+    if plan.aesthetic_score is not None:
+        fields.append(f"Aesthetic score: {plan.aesthetic_score}")
+        fields.append(f"Negative aesthetic score: {plan.negative_aesthetic_score}")
+    if plan.refiner is not None:
+        fields.append(f"Refiner: {plan.refiner.model}")
+        fields.append(f"Refiner switch at: {plan.refiner.switch_at}")
     lines.append(", ".join(fields))
     return "\n".join(lines)
+
+
+def _guidance_fields(plan: JobPlan) -> list[str]:
+    """Guidance under the name of what ran. Forge (the A1111 fork that runs Flux) writes a
+    distilled scale as "Distilled CFG Scale" and true CFG as "CFG scale"; a model without
+    guidance gets neither unless true CFG ran."""
+    fields = []
+    if plan.guidance is GuidanceKind.CLASSIFIER_FREE:
+        fields.append(f"CFG scale: {plan.guidance_scale}")
+    elif plan.guidance is GuidanceKind.DISTILLED:
+        fields.append(f"Distilled CFG Scale: {plan.guidance_scale}")
+    if plan.true_cfg_scale is not None:
+        fields.append(f"CFG scale: {plan.true_cfg_scale}")
+    return fields
 
 
 def encode_image(image: Image.Image, output_format: OutputFormat, parameters: str) -> bytes:

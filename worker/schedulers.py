@@ -19,6 +19,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
@@ -87,6 +88,14 @@ _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     ),
     "unipc": (UniPCMultistepScheduler, {"use_karras_sigmas": False}),
     "flow_match_euler": (FlowMatchEulerDiscreteScheduler, {}),
+    "flow_match_heun": (FlowMatchHeunDiscreteScheduler, {}),
+    # DPM-Solver++ on the flow schedule (diffusers' flow_prediction mode), shifted as the
+    # model's own scheduler is.
+    "flow_match_dpmpp_2m": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_flow_sigmas": True,
+         "prediction_type": "flow_prediction"},
+    ),
 }
 
 # The names AUTOMATIC1111 writes in its "parameters" text, so tools that read A1111
@@ -103,6 +112,8 @@ A1111_SAMPLER_NAMES = {
     "dpmpp_2m_karras": "DPM++ 2M Karras",
     "unipc": "UniPC",
     "flow_match_euler": "Euler FlowMatch",
+    "flow_match_heun": "Heun FlowMatch",
+    "flow_match_dpmpp_2m": "DPM++ 2M FlowMatch",
 }
 
 assert set(_SCHEDULERS) == set(SCHEDULERS) == set(A1111_SAMPLER_NAMES), "scheduler table drift"
@@ -129,13 +140,15 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
             f"scheduler '{name}' cannot drive this {kind} model; register the model with "
             "\"schedulers\" of its family in LATENTD_MODELS"
         )
-    if name in FLOW_SCHEDULERS:
+    if name == FLOW_SCHEDULERS[0]:
         # The model's own flow-matching class and settings (shift, dynamic shifting).
         from diffusers import schedulers
 
         own_class = getattr(schedulers, str(base_config["_class_name"]))
         return own_class.from_config(base_config)
     scheduler_class, kwargs = _SCHEDULERS[name]
+    if name == "flow_match_dpmpp_2m":
+        kwargs = {**kwargs, "flow_shift": float(base_config.get("shift", 1.0))}
     accepted = inspect.signature(scheduler_class.__init__).parameters
     return scheduler_class.from_config(
         base_config, **{key: value for key, value in kwargs.items() if key in accepted}

@@ -102,12 +102,14 @@ class JobService:
                 "Idempotency-Key",
             )
         spec = self._model_for(request)
+        refiner_spec = self._refiner_for(request)
         inputs = _decode_inputs(request)
         try:
             planned = plan_job(
                 request, spec,
                 init_size=inputs.init.size if inputs.init is not None else None,
                 random_seed=secrets.randbelow(MAX_SEED + 1),
+                refiner_spec=refiner_spec,
             )
         except PlanError as exc:
             raise InvalidInput(exc.code, exc.message, exc.field) from None
@@ -122,6 +124,15 @@ class JobService:
                 ErrorCode.MODEL_UNAVAILABLE.value,
                 f"no generation worker is serving model '{spec.name}' right now; try again",
                 retry_after_seconds=MODEL_RETRY_AFTER_SECONDS,
+            )
+        refiner = planned.plan.refiner
+        if refiner is not None and not self.availability.is_co_served(spec.name, refiner.model):
+            # The job goes to the base's queue: whichever worker takes it runs both stages.
+            raise InvalidInput(
+                "refiner_not_co_served",
+                f"refiner '{refiner.model}' is not served by every worker that serves "
+                f"'{spec.name}'; list both in those workers' LATENTD_WORKER_MODELS",
+                "refiner.model",
             )
         queued_by_key = self.queue_caps.check(caller.owner, spec.name)
 
@@ -160,6 +171,16 @@ class JobService:
             raise InvalidInput(
                 "unknown_model", f"unknown model '{request.model}' (known: {known})", "model"
             ) from None
+
+    def _refiner_for(self, request: GenerationRequest) -> ModelSpec | None:
+        """The spec ``request.refiner`` names; None when it names none or an unknown model
+        (the plan refuses the latter naming ``refiner.model``)."""
+        if request.refiner is None:
+            return None
+        try:
+            return self.registry.get(request.refiner.model)
+        except UnknownModel:
+            return None
 
     def _store_inputs(
         self, job_id: str, inputs: _Inputs, size: tuple[int, int] | None

@@ -69,3 +69,10 @@ class ModelAvailability:
         with self._lock:
             self._seen[model] = (now, served)
         return served
+
+    def is_co_served(self, model: str, companion: str) -> bool:
+        """Whether every live worker serving ``model`` also serves ``companion`` (a job
+        queued for ``model`` may be taken by any of them). Asked only for the few jobs that
+        need two models, so it is not cached."""
+        workers = set(live_workers(self._client, model))
+        return bool(workers) and workers <= set(live_workers(self._client, companion))

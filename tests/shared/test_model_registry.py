@@ -73,7 +73,7 @@ def test_a_flow_matching_folder_gets_its_own_scheduler_and_flux_distilled_guidan
     sd15 = _folder(tmp_path / "sd15", "StableDiffusionPipeline", "PNDMScheduler")
     reg = registry(models={"flux": str(flux), "sd3": str(sd3), "sd15": str(sd15),
                            "pinned": {"source": str(flux), "guidance": "none"}})
-    assert reg.get("flux").schedulers == ["flow_match_euler"]
+    assert reg.get("flux").schedulers == ["flow_match_euler", "flow_match_dpmpp_2m"]
     assert reg.get("flux").guidance is GuidanceKind.DISTILLED
     assert reg.get("sd3").default_scheduler == "flow_match_euler"
     assert reg.get("sd3").guidance is GuidanceKind.CLASSIFIER_FREE

@@ -90,11 +90,11 @@ def test_negative_prompt_is_dropped_when_guidance_is_off_and_the_job_says_so() -
     assert warning.field == "negative_prompt" and "guidance_scale 1" in warning.message
 
 
-def test_negative_prompt_is_dropped_for_a_guidance_distilled_model() -> None:
+def test_negative_prompt_is_refused_for_a_distilled_model_without_true_cfg() -> None:
+    # No scale would make it count: the request was written for another kind of model.
     distilled = TINY.model_copy(update={"guidance": GuidanceKind.DISTILLED})
-    result = plan(distilled, negative_prompt="blurry")
-    assert result.plan.negative_prompt is None
-    assert "distilled" in result.warnings[0].message
+    error = refusal(spec=distilled, negative_prompt="blurry")
+    assert error.field == "negative_prompt" and "distilled" in error.message
 
 
 def test_scheduler_outside_the_models_family_is_refused_naming_the_field() -> None:

@@ -11,6 +11,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
@@ -32,6 +33,8 @@ EXPECTED_CLASSES = {
     "dpmpp_2m_karras": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
     "flow_match_euler": FlowMatchEulerDiscreteScheduler,
+    "flow_match_heun": FlowMatchHeunDiscreteScheduler,
+    "flow_match_dpmpp_2m": DPMSolverMultistepScheduler,
 }
 
 
@@ -74,6 +77,16 @@ def test_flow_matching_models_run_their_own_scheduler_with_its_settings() -> Non
     scheduler = make_scheduler("flow_match_euler", config)
     assert type(scheduler) is FlowMatchEulerDiscreteScheduler
     assert scheduler.config.shift == 3.0
+
+
+def test_flow_dpmpp_2m_runs_on_flow_sigmas_with_the_models_shift() -> None:
+    config = dict(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
+    config["_class_name"] = "FlowMatchEulerDiscreteScheduler"
+    scheduler = make_scheduler("flow_match_dpmpp_2m", config)
+    assert type(scheduler) is DPMSolverMultistepScheduler
+    assert scheduler.config.use_flow_sigmas and scheduler.config.flow_shift == 3.0
+    assert scheduler.config.prediction_type == "flow_prediction"
+    assert type(make_scheduler("flow_match_heun", config)) is FlowMatchHeunDiscreteScheduler
 
 
 def test_a_sampler_of_the_other_family_is_refused_not_swapped(base_config) -> None:
