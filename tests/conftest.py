@@ -63,3 +63,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def family_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every model family's tiny random pipeline saved as a diffusers folder: name → path
+    (tests/model_folders.py)."""
+    from tests.model_folders import save_family_folders
+
+    return save_family_folders(tmp_path_factory.mktemp("model-folders"))

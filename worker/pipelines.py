@@ -19,12 +19,16 @@ from diffusers import (
     AutoPipelineForText2Image,
     DDIMScheduler,
     DiffusionPipeline,
+    FluxPipeline,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from shared.model_registry import EMBEDDED_PREFIX, EMOJI, TINY_RANDOM, ModelSpec
+from shared.model_registry import EMBEDDED_PREFIX, EMOJI, TINY_RANDOM, ModelFamily, ModelSpec
 from shared.schemas import Task
 from shared.settings import Settings
 
@@ -44,7 +48,8 @@ class LoadedModel:
     """One model's pipelines, all sharing the same weights on one device."""
 
     spec: ModelSpec
-    text_to_image: DiffusionPipeline
+    # None for a model that only refines (the SDXL refiner).
+    text_to_image: DiffusionPipeline | None
     image_to_image: DiffusionPipeline | None
     inpaint: DiffusionPipeline | None
     # The scheduler config the model shipped with: every run's scheduler starts from it.
@@ -64,9 +69,15 @@ class LoadedModel:
         }[task]
 
 
-def torch_dtype_for(device: str) -> torch.dtype:
-    """Half precision on CUDA (twice the speed, half the memory); full precision on CPU."""
-    return torch.float16 if device.startswith("cuda") else torch.float32
+def torch_dtype_for(device: str, spec: ModelSpec | None = None) -> torch.dtype:
+    """The spec's ``dtype``, else: on CUDA bfloat16 for Flux (its activations overflow
+    float16) and float16 for the others (twice the speed, half the memory); float32 on CPU."""
+    if spec is not None and spec.dtype is not None:
+        return getattr(torch, spec.dtype)
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if spec is not None and spec.family is ModelFamily.FLUX else (
+        torch.float16)
 
 
 def configure_torch(settings: Settings) -> None:
@@ -76,28 +87,54 @@ def configure_torch(settings: Settings) -> None:
 
 
 def load_pipeline(spec: ModelSpec, settings: Settings) -> LoadedModel:
-    """Load ``spec``'s weights once and derive its image-to-image and inpaint pipelines."""
+    """Load ``spec``'s weights once and derive the pipeline of each task it serves."""
     configure_torch(settings)
     device = torch.device(settings.device)
-    dtype = torch_dtype_for(settings.device)
-    pipe = _load_text_to_image(spec, dtype)
-    pipe.to(device)
+    dtype = torch_dtype_for(settings.device, spec)
+    pipe = _load(spec, dtype)
+    _place(pipe, spec, device)
     pipe.set_progress_bar_config(disable=True)
+    text_to_image = _text_to_image(pipe, spec)
     image_to_image = _derive(AutoPipelineForImage2Image, pipe, spec, Task.IMAGE_TO_IMAGE)
     inpaint = _derive(AutoPipelineForInpainting, pipe, spec, Task.INPAINT)
     logger.info(
-        "loaded model %s (%s) as %s on %s/%s",
-        spec.name, spec.source, type(pipe).__name__, device, str(dtype).removeprefix("torch."),
+        "loaded model %s (%s, %s) as %s on %s/%s", spec.name, spec.source, spec.family.value,
+        type(pipe).__name__, device, str(dtype).removeprefix("torch."),
     )
     return LoadedModel(
         spec=spec,
-        text_to_image=pipe,
+        text_to_image=text_to_image,
         image_to_image=image_to_image,
         inpaint=inpaint,
         scheduler_config=dict(pipe.scheduler.config),
         device=device,
         dtype=dtype,
     )
+
+
+def _text_to_image(pipe: DiffusionPipeline, spec: ModelSpec) -> DiffusionPipeline | None:
+    """The loaded pipeline itself when it is a text-to-image one (most folders are; the
+    embedded model's class is its own), else its text-to-image sibling."""
+    if Task.TEXT_TO_IMAGE not in spec.tasks:
+        return None
+    name = type(pipe).__name__
+    if "Img2Img" in name or "Inpaint" in name:
+        return _derive(AutoPipelineForText2Image, pipe, spec, Task.TEXT_TO_IMAGE)
+    return pipe
+
+
+def _place(pipe: DiffusionPipeline, spec: ModelSpec, device: torch.device) -> None:
+    """Move the weights to ``device``, or with ``cpu_offload`` let each module visit the
+    GPU only while it runs; ``vae_tiling`` decodes large images tile by tile."""
+    if spec.cpu_offload and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        if spec.cpu_offload:
+            # Nothing to offload to: on the CPU the weights are in CPU memory anyway.
+            logger.info("model %s: cpu_offload ignored on %s", spec.name, device)
+        pipe.to(device)
+    if spec.vae_tiling:
+        pipe.vae.enable_tiling()
 
 
 def _derive(
@@ -110,24 +147,64 @@ def _derive(
     try:
         derived = auto_class.from_pipe(pipe)
     except (ValueError, KeyError, TypeError) as exc:
-        # Some text-to-image pipelines have no image-to-image/inpaint sibling: the model
-        # still serves text-to-image and requests for the missing task fail clearly.
+        # Some pipelines have no sibling for a task: the model still serves the others
+        # and requests for the missing task fail clearly.
         logger.warning("model %s has no %s pipeline: %s", spec.name, task.value, exc)
         return None
     derived.set_progress_bar_config(disable=True)
     return derived
 
 
-def _load_text_to_image(spec: ModelSpec, dtype: torch.dtype) -> DiffusionPipeline:
+def _load(spec: ModelSpec, dtype: torch.dtype) -> DiffusionPipeline:
+    """The model's own pipeline class (a refiner folder loads as image-to-image)."""
     source = spec.source
     if source.startswith(EMBEDDED_PREFIX):
         return _load_builtin(source.removeprefix(EMBEDDED_PREFIX), dtype)
     path = Path(source).expanduser()
+    if spec.is_single_file:
+        return _load_single_file(spec, path, dtype)
     if path.is_dir():
-        return _load_local_directory(path, dtype)
+        return _load_local_directory(spec, path, dtype)
     if path.is_absolute() or source.startswith((".", "~")):
         raise ModelLoadError(f"model '{spec.name}': directory {source!r} does not exist")
-    return _load_from_hub(spec.name, source, dtype)
+    return _load_from_hub(spec, source, dtype)
+
+
+# Single-file checkpoints name no pipeline class: the spec's family does.
+SINGLE_FILE_PIPELINES: dict[ModelFamily, type[DiffusionPipeline]] = {
+    ModelFamily.SD1: StableDiffusionPipeline,
+    ModelFamily.SD2: StableDiffusionPipeline,
+    ModelFamily.SDXL: StableDiffusionXLPipeline,
+    ModelFamily.SDXL_REFINER: StableDiffusionXLImg2ImgPipeline,
+    ModelFamily.SD3: StableDiffusion3Pipeline,
+    ModelFamily.FLUX: FluxPipeline,
+}
+
+
+def _load_single_file(spec: ModelSpec, path: Path, dtype: torch.dtype) -> DiffusionPipeline:
+    """A ``.safetensors``/``.ckpt`` checkpoint. Its configs come from ``config`` (a local
+    diffusers folder: offline) or, without one, from the hub repo diffusers infers from
+    the weights (needs network the first time)."""
+    if not path.is_file():
+        raise ModelLoadError(f"model '{spec.name}': checkpoint {str(path)!r} does not exist")
+    pipeline_class = SINGLE_FILE_PIPELINES.get(spec.family)
+    if pipeline_class is None:
+        raise ModelLoadError(f"model '{spec.name}': single-file checkpoints need a family "
+                             f"({', '.join(SINGLE_FILE_PIPELINES)})")
+    config_dir = Path(spec.config).expanduser() if spec.config else None
+    local_config = config_dir is not None and config_dir.is_dir()
+    try:
+        return pipeline_class.from_single_file(
+            str(path), config=str(config_dir) if local_config else spec.config,
+            torch_dtype=dtype, local_files_only=local_config,
+        )
+    except (OSError, ValueError) as exc:
+        hint = ("" if local_config else " Without a local \"config\" folder diffusers fetches "
+                "the pipeline's configs from the hub, which needs network access.")
+        raise ModelLoadError(
+            f"model '{spec.name}': {path} is not a loadable {spec.family.value} "
+            f"checkpoint ({exc}).{hint}"
+        ) from exc
 
 
 def _load_builtin(name: str, dtype: torch.dtype) -> DiffusionPipeline:
@@ -154,21 +231,23 @@ def _load_emoji(dtype: torch.dtype) -> DiffusionPipeline:
     return pipe if pipe.dtype == dtype else pipe.to(dtype=dtype)
 
 
-def _load_local_directory(path: Path, dtype: torch.dtype) -> DiffusionPipeline:
+def _load_local_directory(spec: ModelSpec, path: Path, dtype: torch.dtype) -> DiffusionPipeline:
     try:
-        return AutoPipelineForText2Image.from_pretrained(
-            path, dtype=dtype, local_files_only=True
+        return DiffusionPipeline.from_pretrained(
+            path, dtype=dtype, variant=spec.variant, local_files_only=True
         )
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path} is not a loadable diffusers pipeline: {exc}") from exc
+        variant = f" (variant {spec.variant!r})" if spec.variant else ""
+        raise ModelLoadError(
+            f"{path} is not a loadable diffusers pipeline{variant}: {exc}") from exc
 
 
-def _load_from_hub(name: str, repo_id: str, dtype: torch.dtype) -> DiffusionPipeline:
+def _load_from_hub(spec: ModelSpec, repo_id: str, dtype: torch.dtype) -> DiffusionPipeline:
     try:
-        return AutoPipelineForText2Image.from_pretrained(repo_id, dtype=dtype)
+        return DiffusionPipeline.from_pretrained(repo_id, dtype=dtype, variant=spec.variant)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
-            f"model '{name}': could not load hub id {repo_id!r} ({exc}). Hub models need "
+            f"model '{spec.name}': could not load hub id {repo_id!r} ({exc}). Hub models need "
             "network access the first time (or a populated HF cache); point the model at a "
             "local diffusers directory to run offline."
         ) from exc
