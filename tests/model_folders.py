@@ -188,13 +188,14 @@ def build_sdxl_refiner(vae: AutoencoderKL | None = None) -> StableDiffusionXLImg
 def build_sd3() -> StableDiffusion3Pipeline:
     tokenizer, t5_tokenizer = build_byte_level_clip_tokenizer(), build_t5_tokenizer()
     transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+        sample_size=8, patch_size=2, in_channels=16, num_layers=1, attention_head_dim=8,
         num_attention_heads=4, caption_projection_dim=HIDDEN, joint_attention_dim=HIDDEN,
-        pooled_projection_dim=2 * HIDDEN, out_channels=4,
+        pooled_projection_dim=2 * HIDDEN, out_channels=16,
     )
     return StableDiffusion3Pipeline(
         transformer=transformer,
-        vae=_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+        # SD3's VAE has 16 latent channels, which its inpaint pipeline insists on.
+        vae=_vae(16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
                  scaling_factor=1.5035),
         text_encoder=CLIPTextModelWithProjection(_clip_config(len(tokenizer))),
         tokenizer=tokenizer,

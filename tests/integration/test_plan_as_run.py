@@ -38,12 +38,12 @@ CASES = {
                  "steps": 3},
     "guidance off": {"prompt": "a cat", "negative_prompt": "a dog", "guidance_scale": 1,
                      "steps": 2},
-    "distilled model": {"model": DISTILLED_MODEL, "prompt": "a cat", "negative_prompt": "a dog",
-                        "steps": 2},
+    "distilled model": {"model": DISTILLED_MODEL, "prompt": "a cat", "steps": 2},
 }
 # What the service changes in each case, by the field it names.
-EXPECTED_WARNINGS = {"outpaint": ["strength"], "guidance off": ["negative_prompt"],
-                     "distilled model": ["negative_prompt"]}
+EXPECTED_WARNINGS = {"outpaint": ["strength"], "guidance off": ["negative_prompt"]}
+# The PNG names guidance for what it is (Forge's names for a distilled scale).
+GUIDANCE_LABEL = {"classifier-free": "CFG scale", "distilled": "Distilled CFG Scale"}
 
 
 def parameters(image: Image.Image) -> tuple[str, str | None, dict[str, str]]:
@@ -69,7 +69,7 @@ def test_png_parameters_agree_with_the_job_record(service: Service, case: str) -
         assert negative == plan["negative_prompt"]
         assert int(fields["Steps"]) == plan["steps"]
         assert fields["Sampler"] == A1111_SAMPLER_NAMES[plan["scheduler"]]
-        assert float(fields["CFG scale"]) == plan["guidance_scale"]
+        assert float(fields[GUIDANCE_LABEL[plan["guidance"]]]) == plan["guidance_scale"]
         assert int(fields["Seed"]) == info["seed"] == plan["seeds"][info["index"]]
         assert fields["Size"] == f"{plan['width']}x{plan['height']}"
         assert image.size == (plan["width"], plan["height"]) == (info["width"], info["height"])
@@ -85,3 +85,11 @@ def test_outpaint_job_is_the_inner_size_plus_the_margins(service: Service) -> No
     # width 48 sizes the init image (100x70 → 48x32, its aspect), the margins grow it.
     assert (job["request"]["width"], job["request"]["height"]) == (48 + 24, 32 + 16)
     assert job["request"]["strength"] == 1.0
+
+
+def test_a_negative_prompt_a_model_can_never_read_is_refused(service: Service) -> None:
+    # Distilled guidance without true CFG: no scale would make it count.
+    response = service.client.post("/v1/jobs", json={
+        "model": DISTILLED_MODEL, "prompt": "a cat", "negative_prompt": "a dog"})
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "negative_prompt"
