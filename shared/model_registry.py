@@ -244,8 +244,8 @@ class ModelRegistry:
                 family = fields.get("family")
                 if family is not None and family not in set(ModelFamily):
                     raise ValueError(
-                        f"LATENTD_MODELS['{name}'] is invalid: family: {family!r} is not one "
-                        f"of {', '.join(ModelFamily)}")
+                        f"{settings.model_origin(name)} is invalid: family: {family!r} is not "
+                        f"one of {', '.join(ModelFamily)}")
                 fields = _with_defaults(family_defaults(str(where), family), fields)
             try:
                 specs[name] = ModelSpec(name=name, **fields)
@@ -254,7 +254,7 @@ class ModelRegistry:
                     f"{'.'.join(str(p) for p in err['loc']) or name}: {err['msg']}"
                     for err in exc.errors()
                 )
-                raise ValueError(f"LATENTD_MODELS['{name}'] is invalid: {problems}") from None
+                raise ValueError(f"{settings.model_origin(name)} is invalid: {problems}") from None
         if settings.default_model not in specs:
             known = ", ".join(sorted(specs))
             raise ValueError(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.heartbeat import HEARTBEAT_INTERVAL_SECONDS, MISSED_BEATS
@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # generation worker process loads (empty = just the default model).
     default_model: str = DEFAULT_MODEL
     models: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
+    # The comfortable way to declare many models: a TOML file of [models.<name>] tables,
+    # merged with LATENTD_MODELS (which wins for a name in both).
+    models_file: Path | None = None
     worker_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1, le=256)
@@ -95,6 +98,8 @@ class Settings(BaseSettings):
     # "auto": text when the log stream (stderr) is a terminal, JSON otherwise.
     log_format: Literal["auto", "json", "text"] = "auto"
 
+    _models_from_file: set[str] = PrivateAttr(default_factory=set)
+
     @model_validator(mode="before")
     @classmethod
     def _split_worker_models(cls, values: dict) -> dict:
@@ -132,6 +137,21 @@ class Settings(BaseSettings):
             raise ValueError("LATENTD_S3_PUBLIC_ENDPOINT_URL must be an http(s):// URL")
         return self
 
+    @model_validator(mode="after")
+    def _merge_models_file(self) -> Settings:
+        if self.models_file is None:
+            return self
+        from_file = read_models_file(self.models_file)
+        self._models_from_file = set(from_file) - set(self.models)
+        self.models = {**from_file, **self.models}
+        return self
+
+    def model_origin(self, name: str) -> str:
+        """Where model ``name`` was declared, as an error message should name it."""
+        if name in self._models_from_file:
+            return f"LATENTD_MODELS_FILE {self.models_file} [models.{name}]"
+        return f"LATENTD_MODELS['{name}']"
+
     @property
     def served_models(self) -> list[str]:
         """Models a generation worker started with these settings loads."""
@@ -150,6 +170,34 @@ class Settings(BaseSettings):
     def storage_scheme(self) -> str:
         """``file`` or ``s3``: which storage backend LATENTD_STORAGE_URL names."""
         return urlsplit(self.storage_url).scheme if self.storage_url else "file"
+
+
+def read_models_file(path: Path) -> dict[str, str | dict[str, Any]]:
+    """The ``[models.<name>]`` tables of a TOML file (a bare string is a source);
+    ``ValueError`` naming the file and the key otherwise."""
+    import tomllib
+
+    name = f"LATENTD_MODELS_FILE {path}"
+    try:
+        document = tomllib.loads(path.expanduser().read_text())
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{name}: not valid TOML ({exc})") from None
+    unknown = [key for key in document if key != "models"]
+    if unknown:
+        raise ValueError(f"{name}: unknown top-level key '{unknown[0]}' (models are declared "
+                         "as [models.<name>] tables)")
+    models = document.get("models", {})
+    # ValueError, not TypeError: pydantic reports only the former as a settings error.
+    if not isinstance(models, dict):
+        raise ValueError(  # noqa: TRY004
+            f"{name}: 'models' must be a table of [models.<name>] tables")
+    for model, entry in models.items():
+        if not isinstance(entry, str | dict):
+            raise ValueError(  # noqa: TRY004
+                f"{name}: [models.{model}] must be a table (or a source string)")
+    return models
 
 
 # S3's bucket naming rules (3-63 lowercase letters, digits, dots and hyphens), which MinIO

@@ -113,7 +113,7 @@ def resolve_size(
     if size is None or size == "auto":
         if image_size is None:
             return spec.default_width, spec.default_height
-        width, height = (_round_down(side) for side in image_size)
+        width, height = (_round_down(side, spec.size_multiple) for side in image_size)
         if _fits(spec, width, height):
             return width, height
         return native_scale(spec, width, height)
@@ -139,7 +139,9 @@ def native_scale(spec: ModelSpec, width: int, height: int) -> tuple[int, int]:
     (default) short side, and scaled down further if that is still over its maximum."""
     scale = min(spec.default_width, spec.default_height) / min(width, height)
     scale = min(scale, spec.max_width / width, spec.max_height / height)
-    return _round_down(round(width * scale)), _round_down(round(height * scale))
+    multiple = spec.size_multiple
+    return (_round_down(round(width * scale), multiple),
+            _round_down(round(height * scale), multiple))
 
 
 def _sizes_of(spec: ModelSpec) -> str:
@@ -155,8 +157,9 @@ def _fits(spec: ModelSpec, width: int, height: int) -> bool:
     return width <= spec.max_width and height <= spec.max_height
 
 
-def _round_down(value: int) -> int:
-    return max(SIZE_MULTIPLE, value - value % SIZE_MULTIPLE)
+def _round_down(value: int, multiple: int) -> int:
+    # The model's own multiple (16 for SD3 and Flux), which is a multiple of 8.
+    return max(multiple, value - value % multiple)
 
 
 def steps_for(quality: str | None, spec: ModelSpec) -> int | None:
