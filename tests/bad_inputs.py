@@ -176,4 +176,12 @@ BAD_INPUTS += [
     ("prompt as a list", {**OK, "prompt": ["a", "cat"]}, 422, "prompt", None),
     ("mask on outpaint", {**OK, "task": "outpaint", "init_image": INIT, "mask_image": INIT,
                           "outpaint": {"left": 8}}, 422, "mask_image", "unexpected_input"),
+    # Flux's true CFG on a model that has none: the request was written for another model.
+    ("true CFG on a CFG model", {**OK, "true_cfg_scale": 3}, 422, "true_cfg_scale",
+     "unsupported_guidance"),
+    ("true CFG scale under 1", {**OK, "true_cfg_scale": 0.5}, 422, "true_cfg_scale", None),
+    ("refiner on a model that is not SDXL", {**OK, "refiner": {"model": "tiny-random"}}, 422,
+     "refiner", "unsupported_refiner"),
+    ("refiner switch at 1", {**OK, "refiner": {"model": "x", "switch_at": 1}}, 422,
+     "refiner.switch_at", None),
 ]
