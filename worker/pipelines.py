@@ -20,12 +20,15 @@ from diffusers import (
     DDIMScheduler,
     DiffusionPipeline,
     FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from diffusers.loaders.single_file_utils import SingleFileComponentError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from shared.model_registry import EMBEDDED_PREFIX, EMOJI, TINY_RANDOM, ModelFamily, ModelSpec
@@ -181,10 +184,23 @@ SINGLE_FILE_PIPELINES: dict[ModelFamily, type[DiffusionPipeline]] = {
 }
 
 
+# The denoiser of each family: what a denoiser-only checkpoint (most Flux and SD3 files)
+# holds, under the folder name its pipeline keeps it.
+SINGLE_FILE_DENOISERS: dict[ModelFamily, tuple[str, Any]] = {
+    ModelFamily.SD1: ("unet", UNet2DConditionModel),
+    ModelFamily.SD2: ("unet", UNet2DConditionModel),
+    ModelFamily.SDXL: ("unet", UNet2DConditionModel),
+    ModelFamily.SDXL_REFINER: ("unet", UNet2DConditionModel),
+    ModelFamily.SD3: ("transformer", SD3Transformer2DModel),
+    ModelFamily.FLUX: ("transformer", FluxTransformer2DModel),
+}
+
+
 def _load_single_file(spec: ModelSpec, path: Path, dtype: torch.dtype) -> DiffusionPipeline:
     """A ``.safetensors``/``.ckpt`` checkpoint. Its configs come from ``config`` (a local
     diffusers folder: offline) or, without one, from the hub repo diffusers infers from
-    the weights (needs network the first time)."""
+    the weights (needs network the first time). A checkpoint holding only the denoiser
+    (the usual Flux and SD3 files) takes every other module from the ``config`` folder."""
     if not path.is_file():
         raise ModelLoadError(f"model '{spec.name}': checkpoint {str(path)!r} does not exist")
     pipeline_class = SINGLE_FILE_PIPELINES.get(spec.family)
@@ -194,17 +210,38 @@ def _load_single_file(spec: ModelSpec, path: Path, dtype: torch.dtype) -> Diffus
     config_dir = Path(spec.config).expanduser() if spec.config else None
     local_config = config_dir is not None and config_dir.is_dir()
     try:
-        return pipeline_class.from_single_file(
-            str(path), config=str(config_dir) if local_config else spec.config,
-            torch_dtype=dtype, local_files_only=local_config,
-        )
-    except (OSError, ValueError) as exc:
+        try:
+            return pipeline_class.from_single_file(
+                str(path), config=str(config_dir) if local_config else spec.config,
+                torch_dtype=dtype, local_files_only=local_config,
+            )
+        except SingleFileComponentError:
+            if not local_config:
+                raise
+            assert config_dir is not None
+            return _load_denoiser_only(spec, path, config_dir, dtype)
+    except (OSError, ValueError, SingleFileComponentError) as exc:
         hint = ("" if local_config else " Without a local \"config\" folder diffusers fetches "
                 "the pipeline's configs from the hub, which needs network access.")
         raise ModelLoadError(
             f"model '{spec.name}': {path} is not a loadable {spec.family.value} "
             f"checkpoint ({exc}).{hint}"
         ) from exc
+
+
+def _load_denoiser_only(
+    spec: ModelSpec, path: Path, config_dir: Path, dtype: torch.dtype
+) -> DiffusionPipeline:
+    """The checkpoint's denoiser in the ``config`` folder's pipeline."""
+    folder, model_class = SINGLE_FILE_DENOISERS[spec.family]
+    denoiser = model_class.from_single_file(
+        str(path), config=str(config_dir), subfolder=folder, torch_dtype=dtype,
+        local_files_only=True,
+    )
+    return DiffusionPipeline.from_pretrained(
+        config_dir, dtype=dtype, variant=spec.variant, local_files_only=True,
+        **{folder: denoiser},
+    )
 
 
 def _load_builtin(name: str, dtype: torch.dtype) -> DiffusionPipeline:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from shared.model_registry import ModelRegistry
 from shared.settings import Settings
@@ -65,3 +66,25 @@ def test_a_single_file_checkpoint_that_is_missing_or_unreadable_says_so(
     with pytest.raises(ModelLoadError, match="not a loadable sd1 checkpoint") as caught:
         load_pipeline(offline, SETTINGS)
     assert "network" not in str(caught.value)  # a local config needs none
+
+
+def test_a_denoiser_only_checkpoint_takes_the_rest_from_its_config_folder(
+    tmp_path: Path, family_folders
+) -> None:
+    # The usual Flux file: only the transformer, here with weights unlike the folder's.
+    transformer = mf.build(mf.FLUX_DEV).transformer
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        for parameter in transformer.parameters():
+            parameter.data.normal_()
+    weights = {key: value.contiguous() for key, value in transformer.state_dict().items()}
+    checkpoint = tmp_path / "flux-transformer.safetensors"
+    save_file(weights, str(checkpoint))
+    loaded = load_pipeline(spec(source=str(checkpoint), family="flux",
+                                config=str(family_folders[mf.FLUX_DEV])), SETTINGS)
+    assert type(loaded.text_to_image).__name__ == "FluxPipeline"
+    state = loaded.text_to_image.transformer.state_dict()
+    assert all(torch.equal(state[key], weights[key]) for key in weights)
+    image = loaded.text_to_image("a fox", num_inference_steps=1, width=64, height=64,
+                                 output_type="pil").images[0]
+    assert image.size == (64, 64)
