@@ -109,7 +109,13 @@ def _json_object(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.option("--width", type=int, help="Output width (a multiple of 8).")
 @click.option("--height", type=int, help="Output height (a multiple of 8).")
 @click.option("--steps", type=int, help="Denoising steps.")
-@click.option("--guidance", "guidance_scale", type=float, help="Classifier-free guidance scale.")
+@click.option("--guidance", "guidance_scale", type=float,
+              help="Guidance scale (classifier-free; Flux dev: its distilled guidance).")
+@click.option("--true-cfg", "true_cfg_scale", type=float,
+              help="Flux: true CFG scale (above 1 the negative prompt counts).")
+@click.option("--refiner", help="SDXL: refiner model the base hands over to.")
+@click.option("--switch-at", type=float, help="SDXL refiner: fraction of the schedule "
+              "the base runs (default 0.8).")
 @click.option("--scheduler", help="Sampler, e.g. ddim or euler_ancestral.")
 @click.option("--seed", type=int, help="Seed of the first image (default: drawn).")
 @click.option("--task", type=click.Choice(TASKS), help="Default: inpaint with --mask, "
@@ -165,6 +171,12 @@ def _request_fields(options: dict[str, Any], size: tuple[int, int] | None,
         if fields["width"] is not None or fields["height"] is not None:
             raise click.UsageError("give --size or --width/--height, not both")
         fields["width"], fields["height"] = size
+    refiner, switch_at = fields.pop("refiner"), fields.pop("switch_at")
+    if switch_at is not None and refiner is None:
+        raise click.UsageError("--switch-at needs --refiner")
+    if refiner is not None:
+        fields["refiner"] = {"model": refiner,
+                             **({"switch_at": switch_at} if switch_at is not None else {})}
     margins = {side: fields.pop(f"outpaint_{side}") for side in SIDES}
     if any(m is not None for m in margins.values()):
         fields["outpaint"] = {side: m for side, m in margins.items() if m is not None}

@@ -9,7 +9,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +28,7 @@ SERVED = (mf.SD15, mf.SD2_V, mf.SDXL, mf.SDXL_REFINER, mf.SD3, mf.FLUX_DEV, mf.F
 FAMILY = {mf.SD15: "sd1", mf.SD2_V: "sd2", mf.SDXL: "sdxl", mf.SDXL_REFINER: "sdxl-refiner",
           mf.SD3: "sd3", mf.FLUX_DEV: "flux", mf.FLUX_SCHNELL: "flux"}
 GENERATORS = (mf.SD15, mf.SD2_V, mf.SDXL, mf.SD3, mf.FLUX_DEV, mf.FLUX_SCHNELL)
+REPO = Path(__file__).resolve().parents[2]
 GUIDANCE_LABEL = {"classifier-free": "CFG scale", "distilled": "Distilled CFG Scale"}
 
 
@@ -184,3 +188,26 @@ def test_sdxl_base_hands_over_to_the_refiner_with_one_progress(families: Service
     _, fields = parameters(families.image(job))
     assert fields["Refiner"] == mf.SDXL_REFINER and float(fields["Refiner switch at"]) == 0.6
     assert families.image(job) != families.image(families.run(body))
+
+
+def latentd(service: Service, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """This checkout's command line (an installed ``latentd`` script may be another's)."""
+    env = {**os.environ, "LATENTD_URL": service.url, "PYTHONPATH": str(REPO)}
+    env.pop("LATENTD_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_command_line_runs_flux_true_cfg_and_the_refiner(families: Service,
+                                                            tmp_path: Path) -> None:
+    result = latentd(families, "generate", "a fox", "--model", mf.FLUX_DEV, "--size", "64x64",
+                     "--steps", "2", "--negative", "blurry", "--true-cfg", "3", "-o", "f.png",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    parameters = Image.open(tmp_path / "f.png").info["parameters"]
+    assert "Negative prompt: blurry" in parameters and "CFG scale: 3.0" in parameters
+    result = latentd(families, "generate", "a fox", "--model", mf.SDXL, "--size", "64x64",
+                     "--steps", "4", "--refiner", mf.SDXL_REFINER, "--switch-at", "0.5",
+                     "-o", "r.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"Refiner: {mf.SDXL_REFINER}" in Image.open(tmp_path / "r.png").info["parameters"]
