@@ -342,6 +342,8 @@ _SD2_CROSS_ATTENTION_DIM = 1024
 # Flux pipelines default to 128 latent pixels a side (1024 with the usual VAE).
 _FLUX_SAMPLE_SIZE = 128
 SMALLEST_MIN_SIZE = 64
+# latents 4 + mask 1 + masked-image latents 4
+_INPAINT_UNET_CHANNELS = 9
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -395,6 +397,11 @@ def family_defaults(source: str, family: str | None = None) -> dict[str, object]
         # An unknown flow-matching pipeline: its own sampler is the one known to fit.
         defaults.update(schedulers=[FLOW_SCHEDULERS[0]], default_scheduler=FLOW_SCHEDULERS[0])
     defaults.update(_folder_sizes(folder, chosen))
+    unet = _read_json(folder / "unet" / "config.json")
+    if unet.get("in_channels") == _INPAINT_UNET_CHANNELS:
+        # An inpainting checkpoint: its UNet also reads the mask and the masked image, so
+        # it runs only with them.
+        defaults["tasks"] = [Task.INPAINT, Task.OUTPAINT]
     if chosen is ModelFamily.FLUX:
         transformer = _read_json(folder / "transformer" / "config.json")
         # FluxTransformer2DModel's guidance_embeds defaults to False (schnell).

@@ -89,3 +89,23 @@ def test_the_test_model_is_offered_only_where_the_settings_name_it() -> None:
     assert "tiny-random" not in registry().names()
     assert "tiny-random" in registry(default_model="tiny-random").names()
     assert "tiny-random" in registry(worker_models="emoji,tiny-random").names()
+
+
+def test_family_sizes_and_tasks_come_from_the_folders_configs(tmp_path: Path) -> None:
+    sdxl = _folder(tmp_path / "sdxl", "StableDiffusionXLPipeline", "EulerDiscreteScheduler")
+    (sdxl / "unet").mkdir()
+    (sdxl / "unet" / "config.json").write_text(json.dumps({"sample_size": 128,
+                                                           "in_channels": 9}))
+    (sdxl / "vae").mkdir()
+    (sdxl / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [1, 2, 3, 4]}))
+    refiner = _folder(tmp_path / "refiner", "StableDiffusionXLImg2ImgPipeline",
+                      "EulerDiscreteScheduler")
+    index = json.loads((refiner / "model_index.json").read_text())
+    (refiner / "model_index.json").write_text(json.dumps(
+        {**index, "requires_aesthetics_score": True}))
+    reg = registry(models={"inpaint": str(sdxl), "refiner": str(refiner)})
+    inpaint = reg.get("inpaint")
+    assert (inpaint.family, inpaint.default_width, inpaint.max_width) == ("sdxl", 1024, 2048)
+    assert inpaint.tasks == ["inpaint", "outpaint"]  # a 9-channel inpainting UNet
+    assert reg.get("refiner").family == "sdxl-refiner"
+    assert reg.get("refiner").tasks == ["image-to-image"]
