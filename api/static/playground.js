@@ -161,15 +161,24 @@ function modelChanged() {
   $("scheduler").value = model.default_scheduler;
   $("steps").value = model.default_steps;
   $("guidance").value = model.default_guidance_scale;
+  // Each kind of guidance has its own range; a model without guidance takes none.
+  $("guidance").min = model.min_guidance_scale ?? 0;
+  $("guidance").max = model.max_guidance_scale ?? 30;
+  $("guidance").disabled = model.guidance === "none";
   for (const [side, max, fallback] of [["width", model.max_width, model.default_width],
     ["height", model.max_height, model.default_height]]) {
     $(side).max = max;
+    $(side).step = model.size_multiple ?? 8;
     $(side).placeholder = String(fallback);
   }
   for (const option of $("task").options) {
     option.disabled = !model.tasks.includes(option.value);
   }
-  if ($("task").selectedOptions[0]?.disabled) $("task").value = "text-to-image";
+  if ($("task").selectedOptions[0]?.disabled) {
+    // A refiner serves image-to-image only: pick the first task the model has.
+    $("task").value = [...$("task").options].find((option) => !option.disabled)?.value
+      ?? "text-to-image";
+  }
   taskChanged();
 }
 
@@ -207,7 +216,7 @@ function requestBody() {
     model: model?.name,
     num_images: numberField("num-images", "Images"),
     steps: numberField("steps", "Steps"),
-    guidance_scale: numberField("guidance", "Guidance"),
+    guidance_scale: $("guidance").disabled ? undefined : numberField("guidance", "Guidance"),
     scheduler: $("scheduler").value || undefined,
     seed: numberField("seed", "Seed"),
     width: numberField("width", "Width"),
