@@ -84,6 +84,11 @@ def test_flux_dev_reads_guidance_and_schnell_has_none_to_read(registry, engine) 
     high = pixels(engine, planned(registry, model=mf.FLUX_DEV, guidance_scale=8.0, **size))
     assert np.abs(low - high).mean() > 0.5
     assert planned(registry, model=mf.FLUX_SCHNELL).guidance_scale == 0.0
+    # No guidance input, but true CFG still reads a negative prompt.
+    schnell = pixels(engine, planned(registry, model=mf.FLUX_SCHNELL, **size))
+    negative = pixels(engine, planned(registry, model=mf.FLUX_SCHNELL, negative_prompt="blurry",
+                                      true_cfg_scale=3.0, **size))
+    assert np.abs(schnell - negative).mean() > 0.5
 
 
 def test_refiner_handoff_counts_both_stages_as_one(registry, engine) -> None:
