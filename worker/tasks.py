@@ -29,6 +29,8 @@ from shared.storage import Storage, image_key, job_prefix
 from worker.engine import GeneratedImage, GenerationCanceled, GenerationEngine
 from worker.heartbeat import Heartbeat
 from worker.images import decode_image, encode_image, parameters_text
+from worker.model_cache import ModelCache
+from worker.pipelines import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ class WorkerRuntime:
     ``engine`` is None when the models failed to load; ``load_error`` then says why, and
     every job this process receives fails with ``model_unavailable``. ``heartbeat`` is this
     process's beacon (None: the process does not beat, and its claims name no worker):
-    jobs are claimed under its name, and it names the job being run.
+    jobs are claimed under its name, and it names the job being run. ``models`` is the
+    engine's model cache (None: the engine's models are a fixed dict, all loaded).
     """
 
     store: JobStore
@@ -53,6 +56,7 @@ class WorkerRuntime:
     engine: GenerationEngine | None
     load_error: str | None = None
     heartbeat: Heartbeat | None = None
+    models: ModelCache | None = None
 
     @property
     def worker(self) -> str:
@@ -114,11 +118,15 @@ def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) 
             return
         plan = job.request
         init_image, mask_image = _load_inputs(runtime.storage, job.inputs)
-        started = time.monotonic()
-        results = engine.generate(
-            plan, init_image, mask_image, on_step=ProgressReporter(store, job_id, worker=worker)
-        )
-        inference_seconds = time.monotonic() - started
+        # Loads the model if the memory budget had it evicted (not counted as inference),
+        # and keeps it loaded until the run is over.
+        with runtime.models.use(plan.model) if runtime.models else nullcontext():
+            started = time.monotonic()
+            results = engine.generate(
+                plan, init_image, mask_image,
+                on_step=ProgressReporter(store, job_id, worker=worker),
+            )
+            inference_seconds = time.monotonic() - started
         images = _store_outputs(runtime.storage, job_id, plan, results)
         metrics = _metrics(job, inference_seconds)
         if store.mark_succeeded(job_id, images, metrics, worker) is None:
@@ -130,6 +138,9 @@ def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) 
         logger.info("job %s: %d image(s) in %.2fs", job_id, len(images), inference_seconds)
     except GenerationCanceled as exc:
         _stop(store, job_id, worker, str(exc))
+    except ModelLoadError as exc:
+        logger.error("job %s: could not load model %s: %s", job_id, job.request.model, exc)
+        store.mark_failed(job_id, ErrorCode.MODEL_UNAVAILABLE, str(exc), worker)
     except SoftTimeLimitExceeded:
         limit = runtime.settings.task_soft_time_limit
         store.mark_failed(job_id, ErrorCode.TIMEOUT, f"generation took longer than {limit} s",
