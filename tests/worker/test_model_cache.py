@@ -16,7 +16,7 @@ from tests.factories import make_plan
 from worker.engine import GenerationEngine
 from worker.model_cache import ModelCache, model_bytes
 from worker.pipelines import LoadedModel, load_pipeline
-from worker.queue_order import loaded_first
+from worker.queue_order import loaded_first, queues_to_move
 
 # Three names for the same built-in source: three separately loaded, equal-sized models.
 NAMES = ["tiny-random", "tiny-b", "tiny-c"]
@@ -218,3 +218,14 @@ def test_loaded_first_keeps_each_group_in_order() -> None:
     queues = ["gen.a", "gen.b", "gen.c", "gen.d"]
     assert loaded_first(queues, {"gen.c", "gen.a"}) == ["gen.a", "gen.c", "gen.b", "gen.d"]
     assert loaded_first(queues, set()) == queues
+
+
+def test_queues_to_move_re_adds_from_the_first_out_of_place() -> None:
+    assert queues_to_move(["a", "b", "c"], ["a", "b", "c"]) == []
+    assert queues_to_move(["a", "b", "c"], ["c", "a", "b"]) == ["c", "a", "b"]
+    assert queues_to_move(["a", "b", "c"], ["a", "c", "b"]) == ["c", "b"]
+    # Cancelling and re-adding those, in order, appends them: the wanted order results.
+    current = ["a", "b", "c", "d"]
+    wanted = ["a", "d", "b", "c"]
+    moved = queues_to_move(current, wanted)
+    assert [q for q in current if q not in moved] + moved == wanted
