@@ -120,7 +120,7 @@ def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) 
         init_image, mask_image = _load_inputs(runtime.storage, job.inputs)
         # Loads the model if the memory budget had it evicted (not counted as inference),
         # and keeps it loaded until the run is over.
-        with runtime.models.use(plan.model) if runtime.models else nullcontext():
+        with runtime.models.use(plan.model) if runtime.models is not None else nullcontext():
             started = time.monotonic()
             results = engine.generate(
                 plan, init_image, mask_image,
