@@ -53,6 +53,10 @@ class ModelCache(Mapping[str, LoadedModel]):
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._sizes: dict[str, int] = {}  # measured at load, remembered after eviction
         self._in_use: dict[str, int] = {}  # runs holding each model now
+        # The loaded names, most recent first, replaced whole at each change: the heartbeat
+        # thread reads it without the lock, which a load holds for as long as it takes (the
+        # beats must go on meanwhile, or the running job looks abandoned).
+        self._loaded: tuple[str, ...] = ()
         # One lock for the state and the loads: a load is the slow part, and a second job
         # wanting the same model must wait for it rather than load it twice.
         self._lock = threading.RLock()
@@ -72,9 +76,8 @@ class ModelCache(Mapping[str, LoadedModel]):
 
     @property
     def loaded(self) -> list[str]:
-        """The models loaded now, most recently used first."""
-        with self._lock:
-            return list(reversed(self._models))
+        """The models loaded now, most recently used first (never waits for a load)."""
+        return list(self._loaded)
 
     @property
     def loaded_bytes(self) -> int:
@@ -107,6 +110,7 @@ class ModelCache(Mapping[str, LoadedModel]):
                 raise ValueError(f"model '{name}' is not served here (serving: {served})")
             if name in self._models:
                 self._models.move_to_end(name)
+                self._loaded = tuple(reversed(self._models))
             else:
                 self._make_room_for(name)
                 self._load_model(name)
@@ -121,8 +125,9 @@ class ModelCache(Mapping[str, LoadedModel]):
                 if not self._in_use[name]:
                     del self._in_use[name]
                 # Loads made while other models were held may have left the process over
-                # budget: now that this run is done, give back what is idle.
-                if self._evict_while(lambda: self._over_budget()):
+                # budget: now that this run is done, give back what is idle, down to one
+                # model (one larger than the budget stays, alone, for its next job).
+                if self._evict_while(lambda: self._over_budget() and len(self._models) > 1):
                     self._changed()
 
     def _fits_beside_loaded(self, name: str) -> bool:
@@ -146,6 +151,7 @@ class ModelCache(Mapping[str, LoadedModel]):
             if not needed():
                 break
             model = self._models.pop(victim)
+            self._loaded = tuple(reversed(self._models))
             evicted.append(victim)
             logger.info("evicted model %s (%s) to stay within the %s budget",
                         victim, _format_bytes(self._sizes[victim]),
@@ -160,6 +166,7 @@ class ModelCache(Mapping[str, LoadedModel]):
         size = model_bytes(model)
         self._sizes[name] = size
         self._models[name] = model
+        self._loaded = tuple(reversed(self._models))
         budget = self.budget_bytes
         if budget is not None and size > budget:
             logger.warning("model %s needs %s, more than LATENTD_WORKER_MEMORY_BUDGET (%s): it "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 import weakref
 
 import pytest
@@ -133,12 +134,46 @@ def test_a_model_in_use_is_never_evicted(model_size: int) -> None:
 def test_a_model_larger_than_the_budget_loads_alone(
     model_size: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache, _ = cache_for(model_size // 2)
+    cache, loader = cache_for(model_size // 2)
     cache.preload()
     assert cache.loaded == ["tiny-random"]
     assert "more than LATENTD_WORKER_MEMORY_BUDGET" in caplog.text
     with cache.use("tiny-b") as model:
         assert cache.loaded == ["tiny-b"] and model.spec.name == "tiny-b"
+    # It stays loaded after its run: the next job for it does not load it again.
+    with cache.use("tiny-b"):
+        pass
+    assert cache.loaded == ["tiny-b"] and loader.loads == ["tiny-random", "tiny-b"]
+
+
+def test_the_loaded_list_answers_while_a_load_is_under_way(tiny_model: LoadedModel) -> None:
+    # The heartbeat thread reads it at every beat: a slow load must not stop the beats.
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load(name: str) -> LoadedModel:
+        if name == "tiny-b":
+            loading.set()
+            release.wait(10)
+        return tiny_model
+
+    cache = ModelCache(["tiny-random", "tiny-b"], slow_load, budget_bytes=10**9)
+    cache.preload()
+
+    def run_b() -> None:
+        with cache.use("tiny-b"):
+            pass
+
+    job = threading.Thread(target=run_b)
+    job.start()
+    try:
+        assert loading.wait(10)
+        started = time.monotonic()
+        assert cache.loaded == []  # tiny-random made room; tiny-b is not loaded yet
+        assert time.monotonic() - started < 1
+    finally:
+        release.set()
+        job.join()
+    assert cache.loaded == ["tiny-b"]
 
 
 def test_an_evicted_model_is_freed(model_size: int) -> None:
