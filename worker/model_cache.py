@@ -20,7 +20,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -129,6 +129,13 @@ class ModelCache(Mapping[str, LoadedModel]):
                 # model (one larger than the budget stays, alone, for its next job).
                 if self._evict_while(lambda: self._over_budget() and len(self._models) > 1):
                     self._changed()
+
+    @contextmanager
+    def use_all(self, names: Sequence[str]) -> Iterator[list[LoadedModel]]:
+        """Hold every model of ``names`` for one run (a base and its refiner): each loaded
+        in turn with the ones before it already held, so loading one never evicts another."""
+        with ExitStack() as held:
+            yield [held.enter_context(self.use(name)) for name in names]
 
     def _fits_beside_loaded(self, name: str) -> bool:
         if self.budget_bytes is None:

@@ -118,9 +118,10 @@ def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) 
             return
         plan = job.request
         init_image, mask_image = _load_inputs(runtime.storage, job.inputs)
-        # Loads the model if the memory budget had it evicted (not counted as inference),
-        # and keeps it loaded until the run is over.
-        with runtime.models.use(plan.model) if runtime.models is not None else nullcontext():
+        # Loads the job's models (its own, and its refiner) if the memory budget had them
+        # evicted (not counted as inference), and keeps them loaded until the run is over.
+        needed = [plan.model, *([plan.refiner.model] if plan.refiner is not None else [])]
+        with runtime.models.use_all(needed) if runtime.models is not None else nullcontext():
             started = time.monotonic()
             results = engine.generate(
                 plan, init_image, mask_image,

@@ -264,3 +264,13 @@ def test_queues_to_move_re_adds_from_the_first_out_of_place() -> None:
     wanted = ["a", "d", "b", "c"]
     moved = queues_to_move(current, wanted)
     assert [q for q in current if q not in moved] + moved == wanted
+
+
+def test_a_base_and_its_refiner_are_held_together(model_size: int) -> None:
+    cache, loader = cache_for(model_size + model_size // 2, NAMES[:2])  # fits one
+    cache.preload()
+    with cache.use_all(["tiny-random", "tiny-b"]) as (base, refiner):
+        # Loading the refiner evicted nothing the run holds: both are there, over budget.
+        assert (base.spec.name, refiner.spec.name) == ("tiny-random", "tiny-b")
+        assert set(cache) == {"tiny-random", "tiny-b"}
+    assert len(cache) == 1 and loader.loads == ["tiny-random", "tiny-b"]
