@@ -15,8 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.schemas import (
     FLOW_SCHEDULERS,
+    MAX_FPS,
+    MAX_FRAMES,
     NOISE_SCHEDULERS,
     SCHEDULERS,
+    VIDEO_TASKS,
     GuidanceKind,
     ModelInfo,
     Task,
@@ -80,7 +83,8 @@ class ModelSpec(BaseModel):
     # (.safetensors/.ckpt), or a hub id ("org/name").
     source: str
     family: ModelFamily = ModelFamily.OTHER
-    tasks: list[Task] = Field(default_factory=lambda: list(Task))
+    # Image models by default; a video model says so (family_defaults does, from its folder).
+    tasks: list[Task] = Field(default_factory=lambda: [t for t in Task if t not in VIDEO_TASKS])
     default_width: int = 512
     default_height: int = 512
     # Below this the UNet's deepest level is one pixel, where its normalisation has
@@ -108,6 +112,18 @@ class ModelSpec(BaseModel):
     # defaults); None for every other model.
     aesthetic_score: float | None = None
     negative_aesthetic_score: float | None = None
+    # Video models (text-to-video): frames per video and the file's frame rate. The
+    # defaults are AnimateDiff's: its motion modules are trained on 16 frames and hold
+    # positions for 32 at most.
+    default_frames: int = Field(16, ge=1, le=MAX_FRAMES)
+    min_frames: int = Field(2, ge=1, le=MAX_FRAMES)
+    max_frames: int = Field(32, ge=1, le=MAX_FRAMES)
+    # Frame counts are 1 + a multiple of this; 1 allows any count. CogVideoX: 8 (its VAE
+    # packs 4 frames into one latent and decodes an odd number of latents into 8k+1
+    # frames; an even number comes out as 8k, not the frames asked for).
+    frame_step: int = Field(1, ge=1, le=16)
+    default_fps: int = Field(8, ge=1, le=MAX_FPS)
+    max_fps: int = Field(30, ge=1, le=MAX_FPS)
     description: str = ""
 
     # How the worker loads it (worker/pipelines.py); not part of what /v1/models shows.
@@ -160,7 +176,17 @@ class ModelSpec(BaseModel):
         if not (self.min_width <= self.default_width <= self.max_width
                 and self.min_height <= self.default_height <= self.max_height):
             raise ValueError("default_width/default_height must lie between min_* and max_*")
+        if not self.min_frames <= self.default_frames <= self.max_frames:
+            raise ValueError("default_frames must lie between min_frames and max_frames")
+        if (self.default_frames - 1) % self.frame_step:
+            raise ValueError("default_frames must be 1 more than a multiple of frame_step")
+        if self.default_fps > self.max_fps:
+            raise ValueError("default_fps must be at most max_fps")
         return self
+
+    @property
+    def serves_video(self) -> bool:
+        return any(task in VIDEO_TASKS for task in self.tasks)
 
     @property
     def is_builtin(self) -> bool:
@@ -171,8 +197,15 @@ class ModelSpec(BaseModel):
         return self.source.endswith(SINGLE_FILE_SUFFIXES)
 
     def info(self) -> ModelInfo:
-        """What ``/v1/models`` shows of this spec."""
-        return ModelInfo.model_validate(self.model_dump(include=set(ModelInfo.model_fields)))
+        """What ``/v1/models`` shows of this spec (frame bounds only for video models)."""
+        fields = self.model_dump(include=set(ModelInfo.model_fields))
+        if not self.serves_video:
+            fields = {k: v for k, v in fields.items() if k not in _VIDEO_BOUNDS}
+        return ModelInfo.model_validate(fields)
+
+
+_VIDEO_BOUNDS = ("default_frames", "min_frames", "max_frames", "frame_step", "default_fps",
+                 "max_fps")
 
 
 BUILTIN_MODELS: dict[str, ModelSpec] = {
@@ -289,7 +322,8 @@ REFINER_NEGATIVE_AESTHETIC_SCORE = 2.5
 _NOISE = list(NOISE_SCHEDULERS)
 # Flux passes its own sigmas to the scheduler, which Heun's cannot take.
 _FLUX_SCHEDULERS = ["flow_match_euler", "flow_match_dpmpp_2m"]
-_ALL_TASKS = list(Task)
+# Every image task (video models say so themselves: VIDEO_PIPELINES).
+_ALL_TASKS = [task for task in Task if task not in VIDEO_TASKS]
 
 # What each family runs at, as its reference pipelines and model cards do. A local
 # folder's own configs then set the sizes (sample size × VAE factor) and, for Flux, the
@@ -344,6 +378,41 @@ _FLUX_SAMPLE_SIZE = 128
 SMALLEST_MIN_SIZE = 64
 # latents 4 + mask 1 + masked-image latents 4
 _INPAINT_UNET_CHANNELS = 9
+# Text-to-video pipelines (worker/video.py runs them), by the same class name, with the
+# spec values their model cards give. AnimateDiff is an SD 1.5 checkpoint plus a
+# MotionAdapter, saved together as one pipeline folder. CogVideoX (2b/5b; 1.5 makes 81
+# frames at 16 fps: set those in LATENTD_MODELS) is a native video transformer whose
+# latents are cut into 2×2 patches.
+VIDEO_PIPELINES: dict[str, dict[str, object]] = {
+    "AnimateDiffPipeline": {
+        "tasks": [Task.TEXT_TO_VIDEO],
+        "default_frames": 16,
+        "max_frames": 32,
+        "default_fps": 8,
+        "default_steps": 25,
+        "default_scheduler": "ddim",
+    },
+    "CogVideoXPipeline": {
+        "tasks": [Task.TEXT_TO_VIDEO],
+        "default_width": 720,
+        "default_height": 480,
+        "min_width": 32,
+        "min_height": 32,
+        "max_width": 1360,
+        "max_height": 1360,
+        "size_multiple": 16,
+        "default_frames": 49,
+        "min_frames": 9,
+        "max_frames": 81,
+        "frame_step": 8,
+        "default_fps": 8,
+        "default_steps": 50,
+        "default_guidance_scale": 6.0,
+        # Its own DDIM and DPM samplers (worker/video.py), named as the image ones are.
+        "schedulers": ["ddim", "dpmpp_2m"],
+        "default_scheduler": "ddim",
+    },
+}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -407,6 +476,11 @@ def family_defaults(source: str, family: str | None = None) -> dict[str, object]
         # FluxTransformer2DModel's guidance_embeds defaults to False (schnell).
         if transformer and not transformer.get("guidance_embeds", False):
             defaults.update(_FLUX_SCHNELL)
+    # A video pipeline serves text-to-video alone, with its frame bounds.
+    pipeline = str(_read_json(folder / "model_index.json").get("_class_name", ""))
+    defaults.update(VIDEO_PIPELINES.get(pipeline, {}))
+    if scheduler.get("_class_name") == "CogVideoXDPMScheduler":  # CogVideoX-5b ships DPM
+        defaults["default_scheduler"] = "dpmpp_2m"
     return defaults
 
 

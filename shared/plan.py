@@ -1,7 +1,7 @@
 """A request plus its model's spec → the job's complete plan. Pure: no I/O, no torch.
 
 Everything a job *means* is decided here, once: defaults, sizes (outpaint included),
-every seed, and the strength, scheduler and negative prompt that will actually be used.
+a video's frames and fps, the output format, every seed, and the strength, scheduler and negative prompt that will actually be used.
 Each rule that joins fields or depends on the model is checked here and refused with
 ``PlanError`` naming the field. Where the service must change a request to run it, the
 change is made here and reported as a ``PlanWarning``; the worker then runs the plan as
@@ -20,9 +20,14 @@ from shared.model_registry import (
     ModelSpec,
 )
 from shared.schemas import (
+    DEFAULT_VIDEO_FORMAT,
+    IMAGE_FORMATS,
     MAX_SEED,
+    VIDEO_FORMATS,
+    VIDEO_TASKS,
     GenerationRequest,
     JobPlan,
+    OutputFormat,
     PlanWarning,
     RefinerPlan,
     Task,
@@ -37,6 +42,8 @@ OUTPAINT_STRENGTH = 1.0
 # unconditional pass at or below it), so a negative prompt is then unused.
 CFG_THRESHOLD = 1.0
 SIZE_MULTIPLE = 8
+# Tasks that start from pure noise and a prompt alone (no input image).
+_TEXT_TASKS = (Task.TEXT_TO_IMAGE, Task.TEXT_TO_VIDEO)
 
 # A field the model can *never* use is refused (422): the request was written for another
 # kind of model, and its author should know before paying for an image. A negative prompt
@@ -72,6 +79,7 @@ def plan_job(
     init_size: tuple[int, int] | None,
     random_seed: int,
     refiner_spec: ModelSpec | None = None,
+    max_video_pixels: int | None = None,
 ) -> PlannedJob:
     """Resolve ``request`` for ``spec``.
 
@@ -81,11 +89,14 @@ def plan_job(
         init_size: (width, height) of the decoded init image, None when there is none.
         random_seed: the first seed when the request leaves ``seed`` null.
         refiner_spec: the model ``request.refiner`` names (None when it names none).
+        max_video_pixels: frames × width × height of one video at most
+            (LATENTD_MAX_VIDEO_PIXELS); None: no cap.
     """
     warnings: list[PlanWarning] = []
     _check_task(request, spec)
     _check_inputs(request, init_size)
     width, height, input_size = _sizes(request, spec, init_size)
+    num_frames, fps = _video(request, spec, width, height, max_video_pixels)
     steps = request.steps or spec.default_steps
     guidance_scale = _guidance_scale(request, spec)
     negative_prompt, true_cfg_scale = _negative_prompt(
@@ -105,7 +116,9 @@ def plan_job(
                      request.num_images),
         strength=_strength(request, steps, warnings),
         outpaint=request.outpaint,
-        output_format=request.output_format,
+        num_frames=num_frames,
+        fps=fps,
+        output_format=_output_format(request),
         priority=request.priority,
         webhook=request.webhook,
         guidance=spec.guidance,
@@ -188,7 +201,7 @@ def _check_task(request: GenerationRequest, spec: ModelSpec) -> None:
 
 def _check_inputs(request: GenerationRequest, init_size: tuple[int, int] | None) -> None:
     task = request.task
-    if task is Task.TEXT_TO_IMAGE:
+    if task in _TEXT_TASKS:
         for name in ("init_image", "mask_image"):
             if getattr(request, name) is not None:
                 raise PlanError(name, "unexpected_input",
@@ -221,7 +234,7 @@ def _sizes(
             raise PlanError(name, "size_not_multiple",
                             f"{name} {value} is not a multiple of {spec.size_multiple}, which "
                             f"model '{spec.name}' ({spec.family.value}) needs")
-    if request.task is Task.TEXT_TO_IMAGE:
+    if request.task in _TEXT_TASKS:
         width = request.width or spec.default_width
         height = request.height or spec.default_height
         _check_fits(spec, width, height, "width", "height")
@@ -284,6 +297,54 @@ def _check_fits(spec: ModelSpec, width: int, height: int, width_field: str, heig
     if height > spec.max_height:
         raise PlanError(height_field, "size_too_large",
                         f"height {height} is over model '{spec.name}' maximum of {spec.max_height}")
+
+
+def _video(
+    request: GenerationRequest, spec: ModelSpec, width: int, height: int,
+    max_video_pixels: int | None,
+) -> tuple[int | None, int | None]:
+    """(frames per video, fps) of a video task; (None, None) for an image task."""
+    if request.task not in VIDEO_TASKS:
+        for name in ("num_frames", "fps"):
+            if getattr(request, name) is not None:
+                raise PlanError(name, "unexpected_input",
+                                f"{name} is only used by task 'text-to-video', "
+                                f"not '{request.task.value}'")
+        return None, None
+    frames = request.num_frames if request.num_frames is not None else spec.default_frames
+    if not spec.min_frames <= frames <= spec.max_frames:
+        raise PlanError("num_frames", "frames_out_of_range",
+                        f"num_frames {frames} is outside model '{spec.name}' range of "
+                        f"{spec.min_frames} to {spec.max_frames}")
+    if (frames - 1) % spec.frame_step:
+        raise PlanError("num_frames", "frames_not_allowed",
+                        f"model '{spec.name}' makes 1 + a multiple of {spec.frame_step} frames "
+                        f"(e.g. {frames - (frames - 1) % spec.frame_step}), not {frames}")
+    fps = request.fps if request.fps is not None else spec.default_fps
+    if fps > spec.max_fps:
+        raise PlanError("fps", "fps_too_high",
+                        f"fps {fps} is over model '{spec.name}' maximum of {spec.max_fps}")
+    if max_video_pixels is not None and frames * width * height > max_video_pixels:
+        raise PlanError("num_frames", "video_too_large",
+                        f"{frames} frames of {width}x{height} are {frames * width * height} "
+                        f"pixels; this service makes at most {max_video_pixels} per video "
+                        "(LATENTD_MAX_VIDEO_PIXELS): fewer frames or a smaller size")
+    return frames, fps
+
+
+def _output_format(request: GenerationRequest) -> OutputFormat:
+    """The file format: the request's, or the task's default when it names none."""
+    video = request.task in VIDEO_TASKS
+    if "output_format" not in request.model_fields_set:
+        return DEFAULT_VIDEO_FORMAT if video else request.output_format
+    allowed = VIDEO_FORMATS if video else IMAGE_FORMATS
+    if request.output_format not in allowed:
+        kind = "video" if video else "image"
+        raise PlanError("output_format", "unsupported_output_format",
+                        f"output_format '{request.output_format.value}' is not a {kind} format "
+                        f"for task '{request.task.value}' (use: "
+                        f"{', '.join(f.value for f in allowed)})")
+    return request.output_format
 
 
 def _negative_prompt(
@@ -353,10 +414,10 @@ def _seeds(first: int, count: int) -> list[int]:
 
 def _strength(request: GenerationRequest, steps: int, warnings: list[PlanWarning]) -> float | None:
     task, asked = request.task, request.strength
-    if task is Task.TEXT_TO_IMAGE:
+    if task in _TEXT_TASKS:
         if asked is not None:
             warnings.append(PlanWarning(
-                field="strength", message="ignored: text-to-image starts from pure noise"))
+                field="strength", message=f"ignored: {task.value} starts from pure noise"))
         return None
     if task is Task.OUTPAINT:
         if asked is not None and asked != OUTPAINT_STRENGTH:

@@ -25,13 +25,16 @@ class JobInputs(BaseModel):
 
 
 class OutputImage(BaseModel):
-    """One finished image: its seed, its size and the format it was stored in."""
+    """One finished image or video: its seed, its size and the format it was stored in;
+    a video also its frame count and rate (and a poster frame stored beside it)."""
 
     index: int
     seed: int
     width: int
     height: int
     format: OutputFormat
+    frames: int | None = None
+    fps: int | None = None
 
 
 class JobRecord(JobBase):
@@ -55,6 +58,11 @@ class JobEvent(BaseModel):
 def image_path(job_id: str, index: int) -> str:
     """The API path of one output image (relative to the service's base URL)."""
     return f"/v1/jobs/{job_id}/images/{index}"
+
+
+def poster_path(job_id: str, index: int) -> str:
+    """The API path of one output video's poster frame."""
+    return f"{image_path(job_id, index)}/poster"
 
 
 def redact_url(url: str) -> str:
@@ -96,6 +104,10 @@ def public_job(record: JobRecord) -> Job:
                 width=image.width,
                 height=image.height,
                 content_type=image.format.content_type,
+                frames=image.frames,
+                fps=image.fps,
+                poster_url=(poster_path(record.id, image.index)
+                            if image.frames is not None else None),
             )
             for image in record.images
         ],

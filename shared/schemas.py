@@ -23,6 +23,14 @@ class Task(StrEnum):
     IMAGE_TO_IMAGE = "image-to-image"
     INPAINT = "inpaint"
     OUTPAINT = "outpaint"
+    TEXT_TO_VIDEO = "text-to-video"
+
+
+# Tasks whose outputs are videos (frames at an fps, plus a poster frame), not images.
+VIDEO_TASKS = frozenset({Task.TEXT_TO_VIDEO})
+# What a frame count may be at most in any request; each model's own bounds are tighter.
+MAX_FRAMES = 256
+MAX_FPS = 60
 
 
 class JobStatus(StrEnum):
@@ -49,10 +57,20 @@ class OutputFormat(StrEnum):
     PNG = "png"
     JPEG = "jpeg"
     WEBP = "webp"
+    GIF = "gif"
+    MP4 = "mp4"
 
     @property
     def content_type(self) -> str:
-        return f"image/{self.value}"
+        return "video/mp4" if self is OutputFormat.MP4 else f"image/{self.value}"
+
+
+# What each kind of task may be written as: WebP is a still or an animation.
+IMAGE_FORMATS = (OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP)
+VIDEO_FORMATS = (OutputFormat.MP4, OutputFormat.WEBP, OutputFormat.GIF)
+# A video request that names no format gets MP4 (H.264): every browser and player plays
+# it, and it is a fraction of the size of an animated WebP or GIF of the same frames.
+DEFAULT_VIDEO_FORMAT = OutputFormat.MP4
 
 
 class EventType(StrEnum):
@@ -163,7 +181,18 @@ class GenerationRequest(BaseModel):
     strength: float | None = Field(None, gt=0, le=1, strict=True)
     outpaint: OutpaintMargins | None = None
     refiner: RefinerRequest | None = None
-    output_format: OutputFormat = OutputFormat.PNG
+    num_frames: int | None = Field(
+        None, ge=1, le=MAX_FRAMES, strict=True,
+        description="text-to-video: frames per video (default and bounds: the model's, "
+                    "see /v1/models; frames × width × height at most LATENTD_MAX_VIDEO_PIXELS).")
+    fps: int | None = Field(
+        None, ge=1, le=MAX_FPS, strict=True,
+        description="text-to-video: frames per second of the file (default and maximum: "
+                    "the model's).")
+    output_format: OutputFormat = Field(
+        OutputFormat.PNG,
+        description="Images: png (default), jpeg or webp. text-to-video: mp4 (default), "
+                    "webp (animated) or gif.")
     priority: Priority = Priority.NORMAL
     webhook: WebhookSpec | None = None
     metadata: dict[str, Any] | None = None
@@ -228,6 +257,10 @@ class JobPlan(BaseModel):
     # None for text-to-image, which starts from pure noise.
     strength: float | None
     outpaint: OutpaintMargins | None
+    # Video tasks: frames per video and the file's frame rate; None for image tasks.
+    # (num_images is the number of videos, each with its own seed.)
+    num_frames: int | None = None
+    fps: int | None = None
     output_format: OutputFormat
     priority: Priority
     webhook: WebhookSpec | None
@@ -315,6 +348,10 @@ class ImageInfo(BaseModel):
     width: int
     height: int
     content_type: str
+    # Videos: their frame count and rate, and a PNG of their first frame; None for images.
+    frames: int | None = None
+    fps: int | None = None
+    poster_url: str | None = None
 
 
 class JobBase(BaseModel):
@@ -387,4 +424,12 @@ class ModelInfo(BaseModel):
     true_cfg: bool = False
     aesthetic_score: float | None = None
     negative_aesthetic_score: float | None = None
+    # Video models' frame and rate bounds; None for image models.
+    default_frames: int | None = None
+    min_frames: int | None = None
+    max_frames: int | None = None
+    # A frame count must be 1 more than a multiple of this (1: any count; CogVideoX: 8).
+    frame_step: int | None = None
+    default_fps: int | None = None
+    max_fps: int | None = None
     description: str = ""

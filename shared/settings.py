@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # holds a request open and a slot in the process's one pub/sub connection.
     max_streams: int = Field(1000, ge=1, le=100_000)
     max_streams_per_key: int = Field(100, ge=1, le=100_000)
+    # text-to-video: frames × width × height of one video at most (refused at submit above
+    # it). Memory and time grow with it; the default is AnimateDiff's longest clip (32
+    # frames) at SD 1.5's 512×512.
+    max_video_pixels: int = Field(32 * 512 * 512, ge=64 * 64)
 
     # Long GPU tasks: soft limit raises inside the task (job marked failed), hard
     # limit kills the process; the broker must not redeliver a task still running,

@@ -82,6 +82,14 @@ def image_key(job_id: str, index: int, extension: str) -> str:
     return f"{job_prefix(job_id)}/images/{index}.{extension}"
 
 
+def poster_key(job_id: str, index: int) -> str:
+    """The poster frame of output video ``index`` (a PNG beside the video)."""
+    return f"{job_prefix(job_id)}/images/{index}.poster.png"
+
+
+POSTER_CONTENT_TYPE = "image/png"
+
+
 def input_key(job_id: str, name: str) -> str:
     return f"{job_prefix(job_id)}/inputs/{name}.png"
 

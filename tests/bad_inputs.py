@@ -73,7 +73,8 @@ BAD_INPUTS = [
     ("unknown task", {**OK, "task": "upscale-9000"}, 422, "task", None),
     ("negative seed", {**OK, "seed": -1}, 422, "seed", None),
     ("seed over 2**32-1", {**OK, "seed": 2**32}, 422, "seed", None),
-    ("bad output format", {**OK, "output_format": "gif"}, 422, "output_format", None),
+    ("bad output format", {**OK, "output_format": "gif"}, 422, "output_format",
+     "unsupported_output_format"),
     ("unknown field", {**OK, "colour": "red"}, 422, "colour", "unknown_field"),
     ("metadata too large", {**OK, "metadata": {"k": "v" * 5000}}, 422, "metadata", None),
     ("metadata nested too deep", {**OK, "metadata": NESTED_300}, 422, "metadata", None),
@@ -126,13 +127,25 @@ BAD_INPUTS = [
     ("webhook event not allowed", {**OK, "webhook": {"url": "https://93.184.215.14/",
                                                      "events": ["queued"]}}, 422,
      "webhook.events", None),
+    # text-to-video (bounds that need a video model: tests/integration/test_video.py)
+    ("text-to-video on an image model", {**OK, "task": "text-to-video"}, 422, "task",
+     "unsupported_task"),
+    ("mp4 for an image", {**OK, "output_format": "mp4"}, 422, "output_format",
+     "unsupported_output_format"),
+    ("frames on an image task", {**OK, "num_frames": 4}, 422, "num_frames", "unexpected_input"),
+    ("fps on an image task", {**OK, "fps": 8}, 422, "fps", "unexpected_input"),
+    ("zero frames", {**OK, "task": "text-to-video", "num_frames": 0}, 422, "num_frames", None),
+    ("257 frames", {**OK, "task": "text-to-video", "num_frames": 257}, 422, "num_frames", None),
+    ("zero fps", {**OK, "task": "text-to-video", "fps": 0}, 422, "fps", None),
+    ("61 fps", {**OK, "task": "text-to-video", "fps": 61}, 422, "fps", None),
+    ("fps as a fraction", {**OK, "task": "text-to-video", "fps": 7.5}, 422, "fps", None),
 ]
 
 # Every number is strict and bounded; every enum closed: each wrong kind of value, each
 # field (generated rather than written out, so a new field cannot be forgotten).
 _WRONG_KINDS = {"a boolean": True, "a string": "3", "a list": [3], "an object": {"n": 3}}
 _NUMBERS = {"width": 64, "height": 64, "num_images": 1, "steps": 4, "guidance_scale": 5,
-            "seed": 1}
+            "seed": 1, "num_frames": 4, "fps": 8}
 for _field in _NUMBERS:
     for _kind, _value in _WRONG_KINDS.items():
         BAD_INPUTS.append((f"{_field} as {_kind}", {**OK, _field: _value}, 422, _field, None))

@@ -18,7 +18,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from shared.schemas import JobPlan, Task
+from shared.schemas import VIDEO_TASKS, JobPlan, Task
 from worker.images import outpaint_canvas
 from worker.pipelines import LoadedModel
 from worker.schedulers import make_scheduler
@@ -40,8 +40,11 @@ class GenerationCanceled(Exception):
 
 @dataclass(frozen=True)
 class GeneratedImage:
+    """An output image; for a video, its first frame (the poster) and all its frames."""
+
     image: Image.Image
     seed: int
+    frames: list[Image.Image] | None = None
 
 
 def _never_cancel(step: int, total_steps: int) -> bool:
@@ -123,6 +126,8 @@ class GenerationEngine:
             served = ", ".join(sorted(self.models))
             raise ValueError(f"refiner: model '{plan.refiner.model}' is not loaded here "
                              f"(serving: {served}); serve it with the base model")
+        if plan.task in VIDEO_TASKS and (plan.num_frames is None or plan.fps is None):
+            raise ValueError("num_frames and fps: a video plan needs both")
         expected = _input_size(plan)
         for name, image in (("init_image", init_image), ("mask_image", mask_image)):
             needed = plan.task in _IMAGE_TASKS if name == "init_image" else (
@@ -148,6 +153,13 @@ class GenerationEngine:
         model = self.models[plan.model]
         pipe = model.pipeline_for(plan.task)
         assert pipe is not None  # check_inputs guarantees it
+        if plan.task in VIDEO_TASKS:
+            # Imported here: worker.video builds on this module's callback and results.
+            from worker.video import generate_videos
+
+            with self._lock:
+                return generate_videos(pipe, plan, model.scheduler_config, model.device,
+                                       on_step or _never_cancel)
         scheduler = make_scheduler(plan.scheduler, model.scheduler_config)
 
         # 2. The task's images, already at the plan's size (sized once, at submit)

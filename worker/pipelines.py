@@ -59,6 +59,8 @@ class LoadedModel:
     scheduler_config: Mapping[str, Any]
     device: torch.device
     dtype: torch.dtype
+    # A video model's pipeline (worker/video.py loads it); None for image models.
+    text_to_video: DiffusionPipeline | None = None
 
     def pipeline_for(self, task: Task) -> DiffusionPipeline | None:
         """The pipeline that runs ``task`` (outpaint is inpainting a padded canvas)."""
@@ -69,6 +71,7 @@ class LoadedModel:
             Task.IMAGE_TO_IMAGE: self.image_to_image,
             Task.INPAINT: self.inpaint,
             Task.OUTPAINT: self.inpaint,
+            Task.TEXT_TO_VIDEO: self.text_to_video,
         }[task]
 
 
@@ -91,6 +94,10 @@ def configure_torch(settings: Settings) -> None:
 
 def load_pipeline(spec: ModelSpec, settings: Settings) -> LoadedModel:
     """Load ``spec``'s weights once and derive the pipeline of each task it serves."""
+    if spec.serves_video:
+        # Imported here: worker.video builds on this module's types.
+        from worker.video import load_video_model
+        return load_video_model(spec, settings)
     configure_torch(settings)
     device = torch.device(settings.device)
     dtype = torch_dtype_for(settings.device, spec)

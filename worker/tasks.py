@@ -23,7 +23,7 @@ from shared.celery_app import GENERATE_TASK
 from shared.jobstore import JobStore
 from shared.logs import logs_as_job
 from shared.records import JobInputs, JobRecord, OutputImage
-from shared.schemas import ErrorCode, JobPlan, Metrics
+from shared.schemas import VIDEO_TASKS, ErrorCode, JobPlan, Metrics
 from shared.settings import Settings
 from shared.storage import Storage, image_key, job_prefix
 from worker.engine import GeneratedImage, GenerationCanceled, GenerationEngine
@@ -31,6 +31,7 @@ from worker.heartbeat import Heartbeat
 from worker.images import decode_image, encode_image, parameters_text
 from worker.model_cache import ModelCache
 from worker.pipelines import ModelLoadError
+from worker.video import store_video
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) 
             # Otherwise another run owns the job now; it writes these very keys.
             logger.info("job %s: finished, but the job is no longer this run's", job_id)
             return
-        logger.info("job %s: %d image(s) in %.2fs", job_id, len(images), inference_seconds)
+        logger.info("job %s: %d %s(s) in %.2fs", job_id, len(images),
+                    "video" if plan.task in VIDEO_TASKS else "image", inference_seconds)
     except GenerationCanceled as exc:
         _stop(store, job_id, worker, str(exc))
     except ModelLoadError as exc:
@@ -211,6 +213,9 @@ def _store_outputs(
     fmt = plan.output_format
     images = []
     for index, result in enumerate(results):
+        if result.frames is not None:
+            images.append(store_video(storage, job_id, index, plan, result))
+            continue
         data = encode_image(result.image, fmt, parameters_text(plan, result.seed))
         storage.put(image_key(job_id, index, fmt.value), data, fmt.content_type)
         images.append(OutputImage(index=index, seed=result.seed, width=result.image.width,

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, JobEventsDep, JobServiceDep, SettingsDep
 from api.services.events import JobEvents
-from api.services.jobs import ImageRedirect
+from api.services.jobs import ImageBytes, ImageRedirect
 from api.uploads import MULTIPART_SUBMIT_SCHEMA, FormAsJsonRoute
 from shared.records import JobRecord, public_job
 from shared.schemas import JOB_ID_PATTERN, ErrorBody, GenerationRequest, Job, JobPage, JobStatus
@@ -148,7 +148,8 @@ def delete_job(job_id: JobId, service: JobServiceDep, caller: CallerDep) -> Resp
 @router.get(
     "/{job_id}/images/{index}",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {},
+                                 "image/gif": {}, "video/mp4": {}}},
                307: {"description": "`LATENTD_IMAGE_DELIVERY=redirect`: to a presigned URL "
                                     "of the image, valid for a few minutes."},
                **_ERRORS},
@@ -156,8 +157,27 @@ def delete_job(job_id: JobId, service: JobServiceDep, caller: CallerDep) -> Resp
 def get_image(
     job_id: JobId, index: Annotated[int, Path(ge=0)], service: JobServiceDep, caller: CallerDep
 ) -> Response:
-    """One output image, in the job's output format (or a redirect to it in storage)."""
-    image = service.image(job_id, index, caller)
+    """One output image or video, in the job's output format (or a redirect to it in
+    storage)."""
+    return _delivered(service.image(job_id, index, caller))
+
+
+@router.get(
+    "/{job_id}/images/{index}/poster",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}},
+               307: {"description": "`LATENTD_IMAGE_DELIVERY=redirect`: to a presigned URL "
+                                    "of the poster, valid for a few minutes."},
+               **_ERRORS},
+)
+def get_poster(
+    job_id: JobId, index: Annotated[int, Path(ge=0)], service: JobServiceDep, caller: CallerDep
+) -> Response:
+    """The poster frame of one output video: its first frame, as a PNG."""
+    return _delivered(service.poster(job_id, index, caller))
+
+
+def _delivered(image: ImageBytes | ImageRedirect) -> Response:
     if isinstance(image, ImageRedirect):
         # The URL expires in minutes: a cached redirect would outlive it.
         return RedirectResponse(image.url, status_code=307, headers={"Cache-Control": "no-store"})

@@ -39,7 +39,14 @@ from shared.schemas import (
     Task,
 )
 from shared.settings import Settings
-from shared.storage import Storage, image_key, input_key, job_prefix
+from shared.storage import (
+    POSTER_CONTENT_TYPE,
+    Storage,
+    image_key,
+    input_key,
+    job_prefix,
+    poster_key,
+)
 from shared.webhooks import check_webhook_url
 
 log = logging.getLogger(__name__)
@@ -110,6 +117,7 @@ class JobService:
                 init_size=inputs.init.size if inputs.init is not None else None,
                 random_seed=secrets.randbelow(MAX_SEED + 1),
                 refiner_spec=refiner_spec,
+                max_video_pixels=self.settings.max_video_pixels,
             )
         except PlanError as exc:
             raise InvalidInput(exc.code, exc.message, exc.field) from None
@@ -252,7 +260,20 @@ class JobService:
         info = next((i for i in job.images if i.index == index), None)
         if info is None:
             raise NotFound(f"job '{job_id}' has no image {index}", "image_not_found")
-        key = image_key(job_id, index, info.format.value)
+        return self._deliver(job_id, index, image_key(job_id, index, info.format.value),
+                             info.format.content_type)
+
+    def poster(self, job_id: str, index: int, caller: Caller) -> ImageBytes | ImageRedirect:
+        """The poster frame (PNG) of one output video of the caller's job, delivered as
+        ``image`` delivers the video."""
+        job = self.get(job_id, caller)
+        info = next((i for i in job.images if i.index == index), None)
+        if info is None or info.frames is None:
+            raise NotFound(f"job '{job_id}' has no video {index}", "image_not_found")
+        return self._deliver(job_id, index, poster_key(job_id, index), POSTER_CONTENT_TYPE)
+
+    def _deliver(self, job_id: str, index: int, key: str,
+                 content_type: str) -> ImageBytes | ImageRedirect:
         if self.settings.image_delivery == "redirect":
             url = self.storage.url_for(key, self.settings.image_url_expiry_seconds)
             if url is not None:
@@ -261,7 +282,7 @@ class JobService:
             data = self.storage.get(key)
         except KeyError:
             raise NotFound(f"image {index} of job '{job_id}' is gone", "image_not_found") from None
-        return ImageBytes(data, info.format.content_type)
+        return ImageBytes(data, content_type)
 
 
 def _visible(job: JobRecord | None, job_id: str, caller: Caller) -> JobRecord:

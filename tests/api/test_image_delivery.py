@@ -20,7 +20,7 @@ from shared.jobstore import JobStore
 from shared.records import OutputImage
 from shared.schemas import Metrics, OutputFormat
 from shared.settings import Settings
-from shared.storage import Storage, image_key
+from shared.storage import Storage, image_key, poster_key
 from tests.s3_server import S3Endpoint, running_s3
 
 PREFIX = "latentd"
@@ -140,3 +140,35 @@ def test_a_streamed_image_gone_from_the_bucket_is_a_404(
     response = client.get(f"/v1/jobs/{job_id}/images/0")
     assert response.status_code == 404 and response.json()["error"]["code"] == "image_not_found"
     assert client.get(f"/v1/jobs/{job_id}/images/1").status_code == 200
+
+
+@pytest.mark.parametrize("delivery", ["stream", "redirect"])
+def test_a_video_and_its_poster_are_delivered_with_their_content_types(
+    client: TestClient, store: JobStore, storage: Storage, s3: S3Endpoint, bucket: str,
+    delivery: str,
+) -> None:
+    response = client.post("/v1/jobs", json={"prompt": "a cat"})
+    job_id = response.json()["id"]
+    store.mark_running(job_id)
+    # What worker.video.store_video writes: the video under the image key, a PNG beside it.
+    video, poster = b"\x00\x00\x00\x18ftypisom-a-video", b"\x89PNG-a-poster"
+    storage.put(image_key(job_id, 0, "mp4"), video, "video/mp4")
+    storage.put(poster_key(job_id, 0), poster, "image/png")
+    store.mark_succeeded(job_id, [OutputImage(index=0, seed=1, width=64, height=64,
+                                              format=OutputFormat.MP4, frames=4, fps=8)],
+                         Metrics(total_seconds=0.1))
+    (info,) = client.get(f"/v1/jobs/{job_id}").json()["images"]
+    assert (info["content_type"], info["frames"], info["fps"]) == ("video/mp4", 4, 8)
+    assert info["poster_url"] == f"/v1/jobs/{job_id}/images/0/poster"
+    for path, data, content_type in ((info["url"], video, "video/mp4"),
+                                     (info["poster_url"], poster, "image/png")):
+        response = client.get(path, follow_redirects=False)
+        if delivery == "redirect":
+            assert response.status_code == 307
+            response = httpx.get(response.headers["location"])
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["content-type"] == content_type and response.content == data
+    # An image has no poster.
+    image_job, _ = finished_job(client, store, storage)
+    missing = client.get(f"/v1/jobs/{image_job}/images/0/poster")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "image_not_found"
