@@ -4,8 +4,10 @@ Two queued jobs with the same signature can be denoised together, one batch of l
 through one UNet call per step, and each image still equals the one its job would get
 alone (each image keeps its own seeded generator; only the last bits of the batched
 matmuls may differ). The signature holds everything that shapes the pipeline call
-itself: model, task, size, steps, scheduler, guidance, strength, and whether a negative
-prompt is given (SDXL-family pipelines encode a missing one as zeros, not as ""). What
+itself: model, task, size, steps, scheduler, guidance (its kind and scale, true CFG,
+aesthetic scores), strength, and whether a negative prompt is given (SDXL-family
+pipelines encode a missing one as zeros, not as ""). A job handed to a refiner runs
+alone (two pipeline calls). What
 may differ per job is what diffusers takes per image: prompt, negative prompt, seed,
 number of images; and what happens after the call (output format, webhook, priority).
 
@@ -29,7 +31,7 @@ BATCHED_TASKS = frozenset({Task.TEXT_TO_IMAGE})
 def batch_signature(plan: JobPlan) -> str | None:
     """The key jobs share when one pipeline call can run them together; ``None`` when the
     job always runs alone."""
-    if plan.task not in BATCHED_TASKS:
+    if plan.task not in BATCHED_TASKS or plan.refiner is not None:
         return None
     shared_call = {
         "model": plan.model,
@@ -37,7 +39,11 @@ def batch_signature(plan: JobPlan) -> str | None:
         "width": plan.width,
         "height": plan.height,
         "steps": plan.steps,
+        "guidance": plan.guidance.value,
         "guidance_scale": plan.guidance_scale,
+        "true_cfg_scale": plan.true_cfg_scale,
+        "aesthetic_score": plan.aesthetic_score,
+        "negative_aesthetic_score": plan.negative_aesthetic_score,
         "scheduler": plan.scheduler,
         "strength": plan.strength,
         "outpaint": plan.outpaint.model_dump() if plan.outpaint is not None else None,

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     worker_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1, le=256)
+    # The GPU fast path (worker/fast_path.py): SDPA attention, channels_last, VAE
+    # slicing/tiling and TF32 on CUDA (fast_path=false: plain diffusers); torch.compile
+    # with a warm-up before the worker reports ready; model CPU offload for GPUs too small
+    # for the model. None of it applies on CPU.
+    fast_path: bool = True
+    torch_compile: bool = False
+    cpu_offload: bool = False
 
     # Callers. Keys made with `latentd keys create` live in Redis; these add keys by
     # configuration: a file of "<name> <secret> [admin]" lines, and one admin secret.

@@ -245,20 +245,6 @@ class GenerationEngine:
             kwargs["negative_prompt"] = [plan.negative_prompt] * count
         return pipe(**kwargs)
 
-
-def _guidance_inputs(plan: JobPlan, pipe: DiffusionPipeline) -> dict[str, Any]:
-    """Negative prompt, Flux's true CFG and the refiner's aesthetic scores, as planned."""
-    kwargs: dict[str, Any] = {}
-    if plan.negative_prompt is not None:
-        kwargs["negative_prompt"] = plan.negative_prompt
-    if plan.true_cfg_scale is not None:
-        kwargs["true_cfg_scale"] = plan.true_cfg_scale
-    if plan.aesthetic_score is not None and _takes(pipe, "aesthetic_score"):
-        kwargs["aesthetic_score"] = plan.aesthetic_score
-        kwargs["negative_aesthetic_score"] = plan.negative_aesthetic_score
-    return kwargs
-
-
     def generate_batch(
         self, plans: list[JobPlan], on_steps: list[OnStep]
     ) -> list[list[GeneratedImage] | GenerationCanceled]:
@@ -303,6 +289,7 @@ def _guidance_inputs(plan: JobPlan, pipe: DiffusionPipeline) -> dict[str, Any]:
             "callback_on_step_end": callback,
             "output_type": "pil",
             **_task_inputs(first, None, None),
+            **_guidance_inputs(first, pipe),
         }
         if first.negative_prompt is not None:
             call_kwargs["negative_prompt"] = [
@@ -323,6 +310,19 @@ def _guidance_inputs(plan: JobPlan, pipe: DiffusionPipeline) -> dict[str, Any]:
                 results.append([GeneratedImage(image=image, seed=seed)
                                 for image, seed in zip(images, plan.seeds, strict=True)])
         return results
+
+
+def _guidance_inputs(plan: JobPlan, pipe: DiffusionPipeline) -> dict[str, Any]:
+    """Negative prompt, Flux's true CFG and the refiner's aesthetic scores, as planned."""
+    kwargs: dict[str, Any] = {}
+    if plan.negative_prompt is not None:
+        kwargs["negative_prompt"] = plan.negative_prompt
+    if plan.true_cfg_scale is not None:
+        kwargs["true_cfg_scale"] = plan.true_cfg_scale
+    if plan.aesthetic_score is not None and _takes(pipe, "aesthetic_score"):
+        kwargs["aesthetic_score"] = plan.aesthetic_score
+        kwargs["negative_aesthetic_score"] = plan.negative_aesthetic_score
+    return kwargs
 
 
 def _input_size(plan: JobPlan) -> tuple[int, int]:

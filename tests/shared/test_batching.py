@@ -27,6 +27,20 @@ def test_what_shapes_the_call_changes_it(change: dict) -> None:
     assert batch_signature(make_plan(**change)) != batch_signature(make_plan())
 
 
+def test_refined_jobs_run_alone() -> None:
+    plan = make_plan(model="sdxl", refiner={"model": "refiner", "switch_at": 0.8,
+                                            "aesthetic_score": 6.0,
+                                            "negative_aesthetic_score": 2.5})
+    assert batch_signature(plan) is None
+
+
+@pytest.mark.parametrize("change", [
+    {"true_cfg_scale": 4.0}, {"guidance": "distilled"}, {"aesthetic_score": 6.0},
+])
+def test_the_other_guidance_inputs_change_it(change: dict) -> None:
+    assert batch_signature(make_plan(**change)) != batch_signature(make_plan())
+
+
 def test_image_tasks_run_alone() -> None:
     plan = make_plan(task="image-to-image", strength=0.5)
     assert batch_signature(plan) is None
