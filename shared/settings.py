@@ -86,8 +86,9 @@ class Settings(BaseSettings):
     task_max_attempts: int = Field(3, ge=1, le=20)
     # Dynamic batching (shared/batching.py): a worker runs up to this many images of
     # compatible queued jobs in one pipeline call (1 = every job alone), waiting at most
-    # the wait for companions to arrive when the batch is not full.
-    max_batch: int = Field(4, ge=1, le=64)
+    # the wait for companions to arrive when the batch is not full. A worker whose
+    # batch runs out of device memory halves its own limit (worker/tasks.py).
+    max_batch: int = Field(8, ge=1, le=64)
     batch_wait_ms: int = Field(50, ge=0, le=10_000)
     # A worker process beats every heartbeat interval (its key lives three of them); the
     # reaper in each API process looks at the running jobs every reaper interval and takes

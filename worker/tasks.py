@@ -65,6 +65,13 @@ class WorkerRuntime:
     engine: GenerationEngine | None
     load_error: str | None = None
     heartbeat: Heartbeat | None = None
+    # Images this process puts in one pipeline call: LATENTD_MAX_BATCH, halved each time
+    # a batch runs out of device memory (None: the setting as it is).
+    batch_limit: int | None = None
+
+    @property
+    def max_batch(self) -> int:
+        return self.settings.max_batch if self.batch_limit is None else self.batch_limit
 
     @property
     def worker(self) -> str:
@@ -131,7 +138,7 @@ def _claim_companions(job: JobRecord, runtime: WorkerRuntime) -> list[JobRecord]
     fit LATENTD_MAX_BATCH images, waiting up to LATENTD_BATCH_WAIT_MS for more to
     arrive (jobs submitted together reach the queue a few ms apart)."""
     settings = runtime.settings
-    room = settings.max_batch - job.request.num_images
+    room = runtime.max_batch - job.request.num_images
     if room <= 0 or batch_signature(job.request) is None:
         return []
     deadline = time.monotonic() + settings.batch_wait_ms / 1000
@@ -205,6 +212,12 @@ def _run_batch(jobs: list[JobRecord], runtime: WorkerRuntime, engine: Generation
             logger.warning("batch of %d jobs failed (%s); running them one by one",
                            len(live), type(exc).__name__, exc_info=True)
             _free_device_cache()
+            if isinstance(exc, torch.OutOfMemoryError):
+                # This device holds fewer images a call: later batches of this process
+                # stay below it instead of failing and re-running every time.
+                runtime.batch_limit = max(1, images // 2)
+                logger.warning("batches of this worker now hold at most %d images",
+                               runtime.batch_limit)
             for job in live:
                 _run_one(job, runtime, engine)
             return

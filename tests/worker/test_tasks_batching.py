@@ -223,11 +223,19 @@ def test_out_of_memory_fails_the_job_and_the_worker_goes_on_serving(
     assert status(store, fits) is JobStatus.SUCCEEDED
 
 
-def test_a_batch_too_big_for_the_device_runs_job_by_job(engine, store, settings) -> None:
+def test_a_batch_too_big_for_the_device_runs_job_by_job_and_later_batches_are_smaller(
+    engine, store, settings
+) -> None:
     runtime = make_runtime(OutOfMemoryEngine(engine.models), store, settings)
     jobs = four_jobs(store)
     run_job(jobs[0].id, runtime)
     assert [status(store, job) for job in jobs] == [JobStatus.SUCCEEDED] * 4
+    assert runtime.max_batch == 2  # halved: 4 images did not fit
+    later = four_jobs(store)
+    run_job(later[0].id, runtime)
+    assert [status(store, job) for job in later] == [JobStatus.SUCCEEDED] * 2 + [
+        JobStatus.QUEUED] * 2
+    assert runtime.max_batch == 1  # 2 did not fit either: this worker now runs jobs alone
 
 
 class TimingOutEngine(GenerationEngine):
