@@ -14,14 +14,14 @@ REPO = Path(__file__).resolve().parents[2]
 NUMBER = r"\d+(?:\.\d+)?"
 EXPECTED_LINES = [
     r"^  NOT A GPU RUN: tiny configs on the CPU",
-    r"^  published reference \(stable-fast's README\): SD 1\.5 on an H100, fp16, batch 1, "
-    r"512x512: 54\.5 it/s plain diffusers, 66 it/s compiled$",
+    (r"^  published reference \(stable-fast's README\): SD 1\.5 on an H100, fp16, batch 1, "
+    r"512x512: 54\.5 it/s plain diffusers, 66 it/s compiled$"),
     r"^sd15 \(StableDiffusionPipeline\), 64x64, batch 1$",
     rf"^  plain diffusers pipe\(prompt\) +{NUMBER} it/s$",
     rf"^  service engine, fast path +{NUMBER} it/s +\({NUMBER}x plain\)$",
     rf"^  batching gain at 2: {NUMBER} -> {NUMBER} images/s \({NUMBER}x\)$",
-    rf"^  end to end, 2 jobs at once: service {NUMBER} images/s \(batching on\) vs direct "
-    rf"{NUMBER} \(one engine call per job\) \({NUMBER}x\)$",
+    (rf"^  end to end, 2 jobs at once: service {NUMBER} images/s \(batching on\) vs direct "
+    rf"{NUMBER} \(one engine call per job\) \({NUMBER}x\)$"),
     r"^sdxl \(StableDiffusionXLPipeline\), 64x64, batch 1$",
 ]
 
