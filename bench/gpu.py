@@ -49,7 +49,7 @@ from shared.schemas import JobPlan, OutputFormat, Priority, Task
 from shared.settings import Settings
 from worker.engine import GenerationEngine
 from worker.fast_path import FastPath, configure_backends, fast_path_for, place, warm_up
-from worker.pipelines import LoadedModel, build_byte_level_clip_tokenizer
+from worker.pipelines import LoadedModel, build_byte_level_clip_tokenizer, torch_dtype_for
 
 REFERENCE = ("published reference (stable-fast's README): SD 1.5 on an H100, fp16, batch 1, "
              "512x512: 54.5 it/s plain diffusers, 66 it/s compiled")
@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> list[str]:
     device = torch.device("cuda" if on_gpu else "cpu")
     settings = Settings(device=device.type)
     tuned = fast_path_for(settings)
-    dtype = tuned.dtype
+    dtype = torch_dtype_for(device.type)
     lines = [
         (f"latentd GPU benchmark on {torch.cuda.get_device_name() if on_gpu else 'CPU'}: "
         f"torch {torch.__version__}, {str(dtype).removeprefix('torch.')}, "
@@ -313,8 +313,7 @@ def run(args: argparse.Namespace) -> list[str]:
         _progress(f"{name}: building with random weights on {device}")
         pipe = build(arch, device, dtype)
         plain = statistics.median(plain_its(pipe, size, args.steps) for _ in range(2))
-        place(pipe, device, FastPath(dtype=dtype) if not on_gpu else
-              FastPath(**{**tuned.__dict__, "compile": False}))
+        place(pipe, device, FastPath(**{**tuned.__dict__, "compile": False}))
         configure_backends(tuned)
         engine = engine_for(name, pipe, size, device, dtype)
         plan = plan_for(name, size, args.steps)

@@ -59,6 +59,8 @@ def test_canceling_one_job_of_a_running_batch_lets_the_others_finish(service: Se
     service.release(blocker)
     for job_id in (leader, victim, other):
         _wait_running(service, job_id)
+    # Held at step 1: the batch is past its wait for companions, mid-denoising.
+    _wait_running(service, leader, step=1)
 
     answer = service.client.post(f"/v1/jobs/{victim}/cancel")
     assert answer.status_code == 200 and answer.json()["status"] == "running"
@@ -95,8 +97,11 @@ def test_batches_keep_priorities_a_low_job_never_rides_ahead(service: Service) -
     assert batch == {high: 1, normal: 2, normal_too: 2, other_kind: 1, low: 1}
 
 
-def _wait_running(service: Service, job_id: str) -> None:
+def _wait_running(service: Service, job_id: str, step: int = 0) -> None:
     deadline = time.monotonic() + 60
-    while service.client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
-        assert time.monotonic() < deadline, f"{job_id} never started"
+    while True:
+        job = service.client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] == "running" and job["progress"]["step"] >= step:
+            return
+        assert time.monotonic() < deadline, f"{job_id} never reached step {step}"
         time.sleep(0.02)
