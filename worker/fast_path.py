@@ -13,7 +13,8 @@ On an NVIDIA GPU every model (its weights already in half precision, chosen by
   schedulers, upcast VAE parts) runs on tensor cores with a 10-bit mantissa, well below
   what 8-bit output pixels can show.
 
-Opt-in: ``LATENTD_TORCH_COMPILE`` compiles the UNet (and VAE decoder) with
+Opt-in: ``LATENTD_TORCH_COMPILE`` compiles the denoiser (UNet or transformer) and the
+VAE decoder with
 ``torch.compile``. On a GPU (and whenever compiling) the worker runs a warm-up generation
 per model at worker start, alone and as a full batch, before it beats (so /readyz
 reports the model served only once it is warm): the first call of each new shape
@@ -126,7 +127,10 @@ def _use_sdpa(unet: Any) -> None:
 def _compile(pipe: DiffusionPipeline) -> None:
     # "max-autotune" is what diffusers' and PyTorch's diffusion guides use for the UNet;
     # fullgraph=False: a pipeline's callback and scheduler code stay eager.
-    pipe.unet = torch.compile(pipe.unet, mode="max-autotune")
+    # The denoiser: a UNet (SD 1.x/2.x, SDXL) or a transformer (SD3, Flux).
+    for name in ("unet", "transformer"):
+        if getattr(pipe, name, None) is not None:
+            setattr(pipe, name, torch.compile(getattr(pipe, name), mode="max-autotune"))
     vae = getattr(pipe, "vae", None)
     if vae is not None:
         vae.decode = torch.compile(vae.decode, mode="max-autotune")
