@@ -14,18 +14,18 @@ On an NVIDIA GPU every model (its weights already in half precision, chosen by
   what 8-bit output pixels can show.
 
 Opt-in: ``LATENTD_TORCH_COMPILE`` compiles the denoiser (UNet or transformer) and the
-VAE decoder with
-``torch.compile``. On a GPU (and whenever compiling) the worker runs a warm-up generation
+VAE decoder with ``torch.compile``. On a GPU (and whenever compiling) the worker runs a warm-up generation
 per model at worker start, alone and as a full batch, before it beats (so /readyz
 reports the model served only once it is warm): the first call of each new shape
-compiles for tens of seconds, and cuDNN's benchmark mode times its kernels on it. ``LATENTD_CPU_OFFLOAD`` keeps
-each model's modules in CPU memory and moves each to the GPU only while it runs
-(accelerate's model offload): slower, for GPUs too small for the model.
+compiles for tens of seconds, and cuDNN's benchmark mode times its kernels on it.
+``LATENTD_CPU_OFFLOAD`` keeps each model's modules in CPU memory and moves each to the
+GPU only while it runs (accelerate's model offload, as a model spec's ``cpu_offload``
+does for one model): slower, for GPUs too small for the model.
 
 On the CPU nothing here changes the pipeline (float32, as loaded), so CPU results stay
 the reference the tests compare against (``LATENTD_TORCH_COMPILE`` works there too, but
-compiling takes minutes even for the tiny test model). ``LATENTD_FAST_PATH=false`` turns every default
-off on a GPU too (plain diffusers in half precision), for comparisons.
+compiling takes minutes even for the tiny test model). ``LATENTD_FAST_PATH=false`` turns
+every default off on a GPU too (plain diffusers in half precision), for comparisons.
 """
 
 from __future__ import annotations
@@ -145,10 +145,12 @@ def warm_up(engine: GenerationEngine, max_batch: int) -> dict[str, float]:
     seconds: dict[str, float] = {}
     for name, model in engine.models.items():
         spec = model.spec
+        if model.pipeline_for(Task.TEXT_TO_IMAGE) is None:
+            continue  # a refiner: it runs inside its base model's jobs, warmed up there
         started = time.monotonic()
         plans = [
             JobPlan(task=Task.TEXT_TO_IMAGE, model=name, prompt="warm-up",
-                    negative_prompt=None, width=spec.default_width, height=spec.default_height,
+                    negative_prompt=None, guidance=spec.guidance, width=spec.default_width, height=spec.default_height,
                     num_images=1, steps=WARM_UP_STEPS, guidance_scale=spec.default_guidance_scale,
                     scheduler=spec.default_scheduler, seeds=[seed], strength=None,
                     outpaint=None, output_format=OutputFormat.PNG, priority=Priority.NORMAL,
