@@ -303,6 +303,13 @@ class WorkerStats:
     gpu_device: str | None = None  # None: no CUDA device in use
     gpu_allocated_bytes: int | None = None  # torch.cuda.memory_allocated
     gpu_reserved_bytes: int | None = None  # torch.cuda.memory_reserved (the cache)
+    # The served models whose weights are in memory now (None: not reported, i.e. all of
+    # ``models``); the rest load when a job needs them (LATENTD_WORKER_MEMORY_BUDGET).
+    loaded_models: tuple[str, ...] | None = None
+
+    @property
+    def hot_models(self) -> tuple[str, ...]:
+        return self.models if self.loaded_models is None else self.loaded_models
 
 
 def worker_stats_key(worker: str) -> str:
@@ -316,6 +323,8 @@ def publish_worker_stats(
     key = worker_stats_key(worker)
     fields: dict[FieldT, EncodableT] = {"models": json.dumps(list(stats.models)),
               "resident_memory_bytes": stats.resident_memory_bytes}
+    if stats.loaded_models is not None:
+        fields["loaded_models"] = json.dumps(list(stats.loaded_models))
     if stats.gpu_device is not None:
         fields["gpu_device"] = stats.gpu_device
         fields["gpu_allocated_bytes"] = stats.gpu_allocated_bytes or 0
@@ -350,12 +359,14 @@ def read_worker_stats(client: redis.Redis) -> dict[str, WorkerStats]:
             gone.append(worker)
             continue
         device = fields.get("gpu_device")
+        loaded = fields.get("loaded_models")
         stats[worker] = WorkerStats(
             models=tuple(json.loads(fields.get("models", "[]"))),
             resident_memory_bytes=int(fields.get("resident_memory_bytes", 0)),
             gpu_device=device,
             gpu_allocated_bytes=int(fields["gpu_allocated_bytes"]) if device else None,
             gpu_reserved_bytes=int(fields["gpu_reserved_bytes"]) if device else None,
+            loaded_models=tuple(json.loads(loaded)) if loaded is not None else None,
         )
     if gone:
         # A worker that comes back meanwhile adds itself again at its next beat.

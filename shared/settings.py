@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    ByteSize,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.heartbeat import HEARTBEAT_INTERVAL_SECONDS, MISSED_BEATS
@@ -57,6 +64,11 @@ class Settings(BaseSettings):
     fast_path: bool = True
     torch_compile: bool = False
     cpu_offload: bool = False
+    # Bytes of weights one generation worker process keeps loaded ("12GiB", "800MB" or a
+    # number of bytes); models beyond it load when a job needs them, evicting the least
+    # recently used idle one (worker/model_cache.py). Unset: every served model stays
+    # loaded from the start.
+    worker_memory_budget: ByteSize | None = Field(None, ge=1)
 
     # Callers. Keys made with `latentd keys create` live in Redis; these add keys by
     # configuration: a file of "<name> <secret> [admin]" lines, and one admin secret.
@@ -120,6 +132,11 @@ class Settings(BaseSettings):
         if isinstance(raw, str):
             values["worker_models"] = [m.strip() for m in raw.split(",") if m.strip()]
         return values
+
+    @field_validator("worker_memory_budget", mode="before")
+    @classmethod
+    def _empty_budget_is_unlimited(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +114,9 @@ class _BatchStepCallback:
 class GenerationEngine:
     """Runs jobs on already-loaded models (one process holds one engine)."""
 
-    def __init__(self, models: dict[str, LoadedModel]):
+    def __init__(self, models: Mapping[str, LoadedModel]):
+        # The models loaded now: a plain dict, or the worker's ModelCache (whose ``use``
+        # the caller holds around ``generate`` so the model is loaded and stays).
         self.models = models
         # A model's pipeline objects are shared by every job; runs take turns so one job's
         # scheduler and interrupt flag are never another's.

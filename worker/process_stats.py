@@ -1,6 +1,7 @@
-"""What a generation worker process says about itself for ``GET /metrics``: its resident
-memory and, on a CUDA device, the GPU memory torch holds, published at every heartbeat
-(shared.metrics ``publish_worker_stats``) and expiring with it.
+"""What a generation worker process says about itself for ``GET /metrics`` and
+``/v1/models``: the served models it has loaded, its resident memory and, on a CUDA
+device, the GPU memory torch holds, published at every heartbeat (shared.metrics
+``publish_worker_stats``) and expiring with it.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -39,11 +41,16 @@ def gpu_memory(device: str) -> tuple[int, int] | None:
     return torch.cuda.memory_allocated(where), torch.cuda.memory_reserved(where)
 
 
-def worker_stats(models: list[str], device: str) -> WorkerStats:
+def worker_stats(
+    models: list[str], device: str, loaded: Sequence[str] | None = None
+) -> WorkerStats:
+    """This process's stats: it serves ``models``, of which ``loaded`` are in memory
+    (None: all of them)."""
+    hot = tuple(loaded) if loaded is not None else None
     gpu = gpu_memory(device)
     if gpu is None:
-        return WorkerStats(tuple(models), resident_memory_bytes())
-    return WorkerStats(tuple(models), resident_memory_bytes(), device, *gpu)
+        return WorkerStats(tuple(models), resident_memory_bytes(), loaded_models=hot)
+    return WorkerStats(tuple(models), resident_memory_bytes(), device, *gpu, loaded_models=hot)
 
 
 class MeteredHeartbeat(Heartbeat):
@@ -59,14 +66,18 @@ class MeteredHeartbeat(Heartbeat):
         worker: str | None = None,
         interval_seconds: float = HEARTBEAT_INTERVAL_SECONDS,
         ttl_seconds: float | None = None,
+        loaded: Callable[[], Sequence[str]] | None = None,
     ):
         super().__init__(client, models, worker, interval_seconds, ttl_seconds)
         self.device = device
+        # Which served models are in memory now (worker/model_cache.py); None: all.
+        self.loaded = loaded
 
     def beat_once(self) -> None:
         super().beat_once()
-        publish_worker_stats(self.client, self.worker, worker_stats(self.models, self.device),
-                             self.ttl_seconds)
+        loaded = self.loaded() if self.loaded is not None else None
+        publish_worker_stats(self.client, self.worker,
+                             worker_stats(self.models, self.device, loaded), self.ttl_seconds)
 
     def stop(self) -> None:
         super().stop()

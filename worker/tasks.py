@@ -39,6 +39,8 @@ from shared.storage import Storage, image_key, job_prefix
 from worker.engine import GeneratedImage, GenerationCanceled, GenerationEngine
 from worker.heartbeat import Heartbeat
 from worker.images import decode_image, encode_image, parameters_text
+from worker.model_cache import ModelCache
+from worker.pipelines import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ class WorkerRuntime:
     ``engine`` is None when the models failed to load; ``load_error`` then says why, and
     every job this process receives fails with ``model_unavailable``. ``heartbeat`` is this
     process's beacon (None: the process does not beat, and its claims name no worker):
-    jobs are claimed under its name, and it names the job being run.
+    jobs are claimed under its name, and it names the job being run. ``models`` is the
+    engine's model cache (None: the engine's models are a fixed dict, all loaded).
     """
 
     store: JobStore
@@ -72,6 +75,7 @@ class WorkerRuntime:
     @property
     def max_batch(self) -> int:
         return self.settings.max_batch if self.batch_limit is None else self.batch_limit
+    models: ModelCache | None = None
 
     @property
     def worker(self) -> str:
@@ -164,13 +168,22 @@ def _run_one(job: JobRecord, runtime: WorkerRuntime, engine: GenerationEngine) -
             return
         plan = job.request
         init_image, mask_image = _load_inputs(runtime.storage, job.inputs)
-        started = time.monotonic()
-        results = engine.generate(
-            plan, init_image, mask_image, on_step=ProgressReporter(store, job_id, worker=worker)
-        )
-        _succeed(job, results, time.monotonic() - started, plan.num_images, runtime)
+        # Loads the job's models (its own, and its refiner) if the memory budget had them
+        # evicted (not counted as inference), and keeps them loaded until the run is over.
+        needed = [plan.model, *([plan.refiner.model] if plan.refiner is not None else [])]
+        with runtime.models.use_all(needed) if runtime.models is not None else nullcontext():
+            started = time.monotonic()
+            results = engine.generate(
+                plan, init_image, mask_image,
+                on_step=ProgressReporter(store, job_id, worker=worker),
+            )
+            inference_seconds = time.monotonic() - started
+        _succeed(job, results, inference_seconds, plan.num_images, runtime)
     except GenerationCanceled as exc:
         _stop(store, job_id, worker, str(exc))
+    except ModelLoadError as exc:
+        logger.error("job %s: could not load model %s: %s", job_id, job.request.model, exc)
+        store.mark_failed(job_id, ErrorCode.MODEL_UNAVAILABLE, str(exc), worker)
     except SoftTimeLimitExceeded:
         _fail_timeout(job_id, runtime)
     except torch.OutOfMemoryError as exc:
@@ -198,12 +211,17 @@ def _run_batch(jobs: list[JobRecord], runtime: WorkerRuntime, engine: Generation
         images = sum(job.request.num_images for job in live)
         logger.info("batch of %d jobs (%d images): %s", len(live), images,
                     " ".join(job.id for job in live))
-        started = time.monotonic()
+        # One signature, one model: loaded if the memory budget had it evicted, and kept
+        # loaded while the batch runs (load time is not inference).
+        model = live[0].request.model
         try:
-            results = engine.generate_batch(
-                [job.request for job in live],
-                [_BatchMember(ProgressReporter(store, job.id, worker=worker), job.id, worker)
-                 for job in live])
+            with runtime.models.use(model) if runtime.models is not None else nullcontext():
+                started = time.monotonic()
+                results = engine.generate_batch(
+                    [job.request for job in live],
+                    [_BatchMember(ProgressReporter(store, job.id, worker=worker), job.id,
+                                  worker) for job in live])
+                inference_seconds = time.monotonic() - started
         except SoftTimeLimitExceeded:
             raise
         except Exception as exc:
@@ -221,7 +239,6 @@ def _run_batch(jobs: list[JobRecord], runtime: WorkerRuntime, engine: Generation
             for job in live:
                 _run_one(job, runtime, engine)
             return
-        inference_seconds = time.monotonic() - started
         for job, result in zip(live, results, strict=True):
             if isinstance(result, GenerationCanceled):
                 continue  # stopped and marked at the step it asked (_BatchMember)

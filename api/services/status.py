@@ -9,6 +9,7 @@ import redis
 
 from api.errors import Unavailable
 from shared.heartbeat import live_workers
+from shared.metrics import read_worker_stats
 from shared.model_registry import ModelRegistry
 from shared.schemas import ModelInfo
 
@@ -18,15 +19,19 @@ class ModelStatus(ModelInfo):
 
     available: bool
     workers: int
+    # Of those, the workers holding its weights in memory now; the others load it when a
+    # job needs it (LATENTD_WORKER_MEMORY_BUDGET), which makes that job slower.
+    loaded_workers: int
 
 
 def model_statuses(registry: ModelRegistry, client: redis.Redis) -> list[ModelStatus]:
+    hot = [stats.hot_models for stats in read_worker_stats(client).values()]
     statuses = []
     for spec in registry:
         workers = len(live_workers(client, spec.name))
-        statuses.append(
-            ModelStatus(**spec.info().model_dump(), available=workers > 0, workers=workers)
-        )
+        loaded = sum(spec.name in models for models in hot)
+        statuses.append(ModelStatus(**spec.info().model_dump(), available=workers > 0,
+                                    workers=workers, loaded_workers=min(loaded, workers)))
     return statuses
 
 

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from api.deps import get_job_service
 from api.main import InvalidConfiguration, create_app
 from shared.heartbeat import beat, heartbeat_key
+from shared.metrics import WorkerStats, publish_worker_stats
 from shared.schemas import ErrorCode
 from shared.settings import Settings
 
@@ -49,7 +50,7 @@ def test_readyz_reports_redis_down(settings: Settings) -> None:
 @pytest.mark.no_workers
 def test_models_lists_specs_and_live_availability(client: TestClient, redis_url: str) -> None:
     [model] = [m for m in client.get("/v1/models").json() if m["name"] == "tiny-random"]
-    assert model["available"] is False and model["workers"] == 0
+    assert model["available"] is False and model["workers"] == model["loaded_workers"] == 0
     assert (model["default_width"], model["max_width"]) == (64, 512)
     assert "ddim" in model["schedulers"] and "text-to-image" in model["tasks"]
     assert "flow_match_euler" not in model["schedulers"]
@@ -60,6 +61,13 @@ def test_models_lists_specs_and_live_availability(client: TestClient, redis_url:
     beat(connection, "tiny-random", "gen-2")
     [model] = [m for m in client.get("/v1/models").json() if m["name"] == "tiny-random"]
     assert model["available"] is True and model["workers"] == 2
+
+    # Both report their stats: gen-1 holds tiny-random's weights, gen-2 evicted them.
+    publish_worker_stats(connection, "gen-1", WorkerStats(("tiny-random",), 1), 60)
+    publish_worker_stats(connection, "gen-2", WorkerStats(("tiny-random",), 1,
+                                                          loaded_models=()), 60)
+    [model] = [m for m in client.get("/v1/models").json() if m["name"] == "tiny-random"]
+    assert model["workers"] == 2 and model["loaded_workers"] == 1
 
     connection.delete(heartbeat_key("tiny-random", "gen-1"), heartbeat_key("tiny-random", "gen-2"))
     [model] = [m for m in client.get("/v1/models").json() if m["name"] == "tiny-random"]

@@ -177,3 +177,16 @@ def test_worker_stats_live_as_long_as_they_are_published(redis_client: redis.Red
     assert read_worker_stats(redis_client) == {}
     beat(redis_client, MODEL, "host-3")  # a heartbeat alone publishes no stats
     assert read_worker_stats(redis_client) == {}
+
+
+def test_worker_stats_say_which_served_models_are_loaded(redis_client: redis.Redis) -> None:
+    budgeted = WorkerStats((MODEL, "emoji"), 1000, loaded_models=("emoji",))
+    publish_worker_stats(redis_client, "host-1", budgeted, ttl_seconds=60)
+    publish_worker_stats(redis_client, "host-2", WorkerStats((MODEL,), 1000), ttl_seconds=60)
+    stats = read_worker_stats(redis_client)
+    assert stats["host-1"] == budgeted and stats["host-1"].hot_models == ("emoji",)
+    # A worker that does not report its loaded set has all its models loaded.
+    assert stats["host-2"].loaded_models is None and stats["host-2"].hot_models == (MODEL,)
+    budgeted_none = WorkerStats((MODEL,), 1000, loaded_models=())
+    publish_worker_stats(redis_client, "host-1", budgeted_none, ttl_seconds=60)
+    assert read_worker_stats(redis_client)["host-1"].hot_models == ()

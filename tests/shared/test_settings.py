@@ -43,3 +43,18 @@ def test_time_limits_must_nest() -> None:
 def test_worker_models_are_a_comma_separated_list() -> None:
     assert Settings(worker_models="emoji, tiny-random,").served_models == ["emoji", "tiny-random"]
     assert Settings(default_model="tiny-random").served_models == ["tiny-random"]
+
+
+def test_worker_memory_budget_reads_sizes_with_units(monkeypatch) -> None:
+    assert Settings().worker_memory_budget is None  # unlimited: every model stays loaded
+    for raw, size in (("12GiB", 12 * 2**30), ("800MB", 800_000_000), ("1048576", 2**20),
+                      ("", None)):
+        monkeypatch.setenv("LATENTD_WORKER_MEMORY_BUDGET", raw)
+        assert Settings().worker_memory_budget == size
+
+
+def test_worker_memory_budget_names_itself_when_unreadable(monkeypatch, capsys) -> None:
+    [line] = refusal_lines(monkeypatch, capsys, LATENTD_WORKER_MEMORY_BUDGET="lots")
+    assert line.startswith("latentd: invalid configuration: LATENTD_WORKER_MEMORY_BUDGET: ")
+    [line] = refusal_lines(monkeypatch, capsys, LATENTD_WORKER_MEMORY_BUDGET="0")
+    assert "LATENTD_WORKER_MEMORY_BUDGET" in line

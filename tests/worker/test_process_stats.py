@@ -53,3 +53,22 @@ def test_gpu_memory_is_what_torch_holds_once_cuda_is_in_use() -> None:
         assert stats.gpu_device == "cuda:0" and stats.gpu_allocated_bytes >= 64 * 2**20
     finally:
         del tensor
+
+
+def test_beats_publish_the_loaded_models_as_they_change(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    loaded = ["tiny-random"]
+    heartbeat = MeteredHeartbeat(client, ["tiny-random", "emoji"], worker="host-1",
+                                 interval_seconds=60, ttl_seconds=60,
+                                 loaded=lambda: list(loaded))
+    heartbeat.start()
+    try:
+        assert read_worker_stats(client)["host-1"].loaded_models == ("tiny-random",)
+        loaded[:] = ["emoji"]
+        heartbeat.beat_once()  # what the model cache does after a load or an eviction
+        stats = read_worker_stats(client)["host-1"]
+        assert stats.loaded_models == ("emoji",) and stats.models == ("tiny-random", "emoji")
+        # Liveness still names every served model: a job for an evicted one loads it.
+        assert live_workers(client, "tiny-random") == ["host-1"]
+    finally:
+        heartbeat.stop()

@@ -20,6 +20,8 @@ from tests.job_events import Listener
 from worker import tasks
 from worker.engine import GenerationEngine
 from worker.heartbeat import Heartbeat
+from worker.model_cache import ModelCache
+from worker.pipelines import ModelLoadError
 from worker.tasks import ProgressReporter, WorkerRuntime, run_job
 
 
@@ -374,3 +376,29 @@ def test_a_late_finish_of_a_run_that_lost_its_job_changes_nothing(runtime, store
     assert taken.status is JobStatus.RUNNING and taken.images == []
     # The images stay: the run that owns the job now writes the very same keys.
     assert stored_bytes(runtime, job.id)
+
+
+def test_a_model_that_fails_to_load_on_demand_fails_its_job_as_unavailable(
+    runtime, store, tiny_model
+) -> None:
+    def load(name: str):
+        if name == "tiny-random":
+            return tiny_model
+        raise ModelLoadError(f"model '{name}': directory '/models/gone' does not exist")
+
+    # A budget that fits one: tiny-random is loaded, the other model loads on demand.
+    models = ModelCache(["tiny-random", "tiny-b"], load, budget_bytes=10**9)
+    models.preload()
+    cached = WorkerRuntime(store, runtime.storage, runtime.settings,
+                           GenerationEngine(models), models=models)
+    job = submit(store, plan=make_plan(model="tiny-b"))
+    run_job(job.id, cached)
+    done = store.get(job.id)
+    assert done.status is JobStatus.FAILED and done.error.code == "model_unavailable"
+    assert "/models/gone" in done.error.message
+    # tiny-b's size was unknown, so tiny-random made room before the load failed; the next
+    # job for it loads it again and runs.
+    assert models.loaded == []
+    ok = submit(store)
+    run_job(ok.id, cached)
+    assert store.get(ok.id).status is JobStatus.SUCCEEDED and models.loaded == ["tiny-random"]
