@@ -10,7 +10,7 @@ help:
 	@echo "make run     start Redis, the workers and the API on http://127.0.0.1:$${LATENTD_PORT:-8000}"
 	@echo "make test    run the test suite"
 	@echo "make lint    ruff, and mypy on api/ shared/ worker/"
-	@echo "make bench   service vs direct pipeline: overhead per job, notification, reads/submits per s (wrk), make run to ready, worker memory (BENCH_ARGS=...)"
+	@echo "make bench   service vs direct pipeline: overhead per job, notification, reads/submits per s (wrk), make run to ready, worker memory (BENCH_ARGS=...); batching gain (BATCHING_ARGS=...)"
 	@echo "make install create .venv and install the pinned dependencies"
 
 install:
@@ -32,7 +32,9 @@ lint:
 	.venv/bin/mypy
 
 # Starts its own service on free ports and prints measured ratios (never asserted), e.g.
-# make bench BENCH_ARGS="--model emoji --jobs 5". See bench/README.md.
+# make bench BENCH_ARGS="--model emoji --jobs 5" BATCHING_ARGS="--model emoji". See
+# bench/README.md.
 bench:
 	@scripts/install.sh --redis-server
 	$(VENV_PYTHON) -m bench.service_overhead $(BENCH_ARGS)
+	$(VENV_PYTHON) -m bench.batching $(BATCHING_ARGS)

@@ -33,3 +33,8 @@ def queue_level_of(job: JobRecord) -> int:
     if job.queue_level is not None:
         return job.queue_level
     return PRIORITY_LEVELS[job.request.priority]
+
+
+def band_of(level: int) -> range:
+    """The band of queue levels ``level`` belongs to (its priority's)."""
+    return next(band for band in PRIORITY_BANDS.values() if level in band)

@@ -304,7 +304,9 @@ class ErrorCode(StrEnum):
     - ``worker_lost``: started LATENTD_TASK_MAX_ATTEMPTS times and no worker finished it;
     - ``generation_failed``: the pipeline raised an error while running the job;
     - ``model_unavailable``: the worker that took the job could not load its model;
-    - ``enqueue_failed``: the job was stored but its task could not be queued.
+    - ``enqueue_failed``: the job was stored but its task could not be queued;
+    - ``out_of_memory``: the device ran out of memory running the job (the worker goes on
+      serving; fewer images or a smaller size may fit).
     """
 
     CANCELED = "canceled"
@@ -313,6 +315,7 @@ class ErrorCode(StrEnum):
     GENERATION_FAILED = "generation_failed"
     MODEL_UNAVAILABLE = "model_unavailable"
     ENQUEUE_FAILED = "enqueue_failed"
+    OUT_OF_MEMORY = "out_of_memory"
 
 
 class JobError(BaseModel):
@@ -324,6 +327,9 @@ class Metrics(BaseModel):
     queue_seconds: float | None = None
     inference_seconds: float | None = None
     total_seconds: float | None = None
+    # Images denoised in the one pipeline call that made this job's (1: it ran alone;
+    # more: it shared a batch with compatible jobs, see LATENTD_MAX_BATCH).
+    batch_images: int | None = None
 
 
 class WebhookAttempt(BaseModel):

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     worker_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1, le=256)
+    # The GPU fast path (worker/fast_path.py): SDPA attention, channels_last, VAE
+    # slicing/tiling and TF32 on CUDA (fast_path=false: plain diffusers); torch.compile
+    # with a warm-up before the worker reports ready; model CPU offload for GPUs too small
+    # for the model. None of it applies on CPU.
+    fast_path: bool = True
+    torch_compile: bool = False
+    cpu_offload: bool = False
     # Bytes of weights one generation worker process keeps loaded ("12GiB", "800MB" or a
     # number of bytes); models beyond it load when a job needs them, evicting the least
     # recently used idle one (worker/model_cache.py). Unset: every served model stays
@@ -93,6 +100,12 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(660, ge=1)
     broker_visibility_timeout: int = Field(3600, ge=1)
     task_max_attempts: int = Field(3, ge=1, le=20)
+    # Dynamic batching (shared/batching.py): a worker runs up to this many images of
+    # compatible queued jobs in one pipeline call (1 = every job alone), waiting at most
+    # the wait for companions to arrive when the batch is not full. A worker whose
+    # batch runs out of device memory halves its own limit (worker/tasks.py).
+    max_batch: int = Field(8, ge=1, le=64)
+    batch_wait_ms: int = Field(50, ge=0, le=10_000)
     # A worker process beats every heartbeat interval (its key lives three of them); the
     # reaper in each API process looks at the running jobs every reaper interval and takes
     # back those whose worker stopped beating, or that ran past the hard limit + grace.

@@ -18,6 +18,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from shared.batching import batch_signature
 from shared.schemas import VIDEO_TASKS, JobPlan, Task
 from worker.images import outpaint_canvas
 from worker.pipelines import LoadedModel
@@ -86,6 +87,29 @@ class _StepCallback:
         if self.on_step(step, total) and self.canceled_at is None:
             self.canceled_at = (step, total)
             # diffusers skips the remaining denoising steps once this is set.
+            pipe._interrupt = True
+        return callback_kwargs
+
+
+class _BatchStepCallback:
+    """``callback_on_step_end`` for a batch: reports each step to every job still in it; a
+    job asking to stop leaves the batch (its images are dropped at the end) while the
+    others go on; the run is interrupted only once every job has stopped."""
+
+    def __init__(self, on_steps: list[OnStep], fallback_total: int):
+        self.on_steps = on_steps
+        self.fallback_total = fallback_total
+        self.stopped_at: list[tuple[int, int] | None] = [None] * len(on_steps)
+
+    def __call__(
+        self, pipe: DiffusionPipeline, step_index: int, timestep: Any, callback_kwargs: dict
+    ) -> dict:
+        total = getattr(pipe, "_num_timesteps", None) or self.fallback_total
+        step = step_index + 1
+        for index, on_step in enumerate(self.on_steps):
+            if self.stopped_at[index] is None and on_step(step, total):
+                self.stopped_at[index] = (step, total)
+        if all(stopped is not None for stopped in self.stopped_at):
             pipe._interrupt = True
         return callback_kwargs
 
@@ -234,6 +258,72 @@ class GenerationEngine:
         if plan.negative_prompt is not None:
             kwargs["negative_prompt"] = [plan.negative_prompt] * count
         return pipe(**kwargs)
+
+    def generate_batch(
+        self, plans: list[JobPlan], on_steps: list[OnStep]
+    ) -> list[list[GeneratedImage] | GenerationCanceled]:
+        """Run jobs that share a batch signature in one pipeline call; per job (in order)
+        its images, or the ``GenerationCanceled`` that took it out of the batch.
+
+        Every image keeps its own generator seeded with its own seed, so each equals the
+        image the job gets alone up to the last bits of the batched matmuls (the engine
+        tests state the tolerance).
+        """
+        if len(plans) == 1:
+            try:
+                return [self.generate(plans[0], on_step=on_steps[0])]
+            except GenerationCanceled as exc:
+                return [exc]
+        # 1. Check inputs: one call can run them only if nothing but the per-image values
+        #    differs (shared.batching decides which, for the queue as well).
+        signatures = {batch_signature(plan) for plan in plans}
+        if None in signatures or len(signatures) != 1:
+            raise ValueError("the jobs of a batch must share one batch signature")
+        for plan in plans:
+            self.check_inputs(plan, None, None)
+        first = plans[0]
+        model = self.models[first.model]
+        pipe = model.pipeline_for(first.task)
+        assert pipe is not None  # check_inputs guarantees it
+        scheduler = make_scheduler(first.scheduler, model.scheduler_config)
+
+        # 2. One row per image: its job's prompts, its own seeded generator
+        prompts = [plan.prompt for plan in plans for _ in plan.seeds]
+        generators = [torch.Generator(model.device).manual_seed(seed)
+                      for plan in plans for seed in plan.seeds]
+
+        # 3. Denoise all rows together, each job reporting (and stopping) on its own
+        callback = _BatchStepCallback(on_steps, fallback_total=first.steps)
+        call_kwargs: dict[str, Any] = {
+            "prompt": prompts,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance_scale,
+            "num_images_per_prompt": 1,
+            "generator": generators,
+            "callback_on_step_end": callback,
+            "output_type": "pil",
+            **_task_inputs(first, None, None),
+            **_guidance_inputs(first, pipe),
+        }
+        if first.negative_prompt is not None:
+            call_kwargs["negative_prompt"] = [
+                plan.negative_prompt for plan in plans for _ in plan.seeds]
+        with self._lock:
+            pipe.scheduler = scheduler
+            output = pipe(**call_kwargs)
+
+        # 4. Hand each job its rows (a job that stopped gets why instead)
+        results: list[list[GeneratedImage] | GenerationCanceled] = []
+        row = 0
+        for plan, stopped in zip(plans, callback.stopped_at, strict=True):
+            images = output.images[row:row + len(plan.seeds)]
+            row += len(plan.seeds)
+            if stopped is not None:
+                results.append(GenerationCanceled(*stopped))
+            else:
+                results.append([GeneratedImage(image=image, seed=seed)
+                                for image, seed in zip(images, plan.seeds, strict=True)])
+        return results
 
 
 def _guidance_inputs(plan: JobPlan, pipe: DiffusionPipeline) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from shared.storage import get_storage
 from shared.webhooks import WebhookPublisher
 from worker import tasks  # registers the generation task
 from worker.engine import GenerationEngine
+from worker.fast_path import fast_path_for, warm_up
 from worker.heartbeat import Heartbeat
 from worker.model_cache import ModelCache
 from worker.pipelines import LoadedModel, configure_torch, load_pipeline
@@ -85,8 +86,17 @@ def build_runtime() -> tasks.WorkerRuntime:
         # still receives fails its job with this reason instead of hanging.
         logger.exception("could not load models %s", settings.served_models)
         return tasks.WorkerRuntime(store, storage, settings, engine=None, load_error=str(exc))
-    return tasks.WorkerRuntime(store, storage, settings, engine=GenerationEngine(models),
-                               models=models)
+    engine = GenerationEngine(models)
+    if fast_path_for(settings).warm_up:
+        # Compiled modules trace, and cuDNN times its kernels, on their first call: done
+        # here, before the heartbeat starts, so no job waits on it and /readyz waits for it.
+        try:
+            warm_up(engine, settings.max_batch)
+        except Exception as exc:
+            logger.exception("warm-up of %s failed", settings.served_models)
+            return tasks.WorkerRuntime(store, storage, settings, engine=None,
+                                       load_error=f"warm-up failed: {exc}")
+    return tasks.WorkerRuntime(store, storage, settings, engine=engine, models=models)
 
 
 @worker_process_init.connect

@@ -1,6 +1,7 @@
 """The generation worker's liveness beacon: a daemon thread refreshing one expiring Redis
 key per served model (format and TTL in shared.heartbeat, which /readyz and the API's
-reaper read), whose value is the job this process is running.
+reaper read), whose value is the job this process is running (the jobs, space separated,
+when it runs a batch).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class Heartbeat:
         self.worker = worker or worker_name()
         self.interval_seconds = interval_seconds
         self.ttl_seconds = ttl_seconds or MISSED_BEATS * interval_seconds
-        # The job this process runs ('' = idle): each beat writes it, and the reaper takes
-        # back a job whose claiming worker's key stops naming it.
+        # The job(s) this process runs, space separated ('' = idle): each beat writes it,
+        # and the reaper takes back a job whose claiming worker's key stops naming it.
         self.job = ""
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,6 +57,14 @@ class Heartbeat:
             yield
         finally:
             self.job = ""
+
+    def also_running(self, job_ids: list[str]) -> None:
+        """Name ``job_ids`` too (the companions claimed into this run's batch), beating at
+        once so the keys say so before the run goes on; inside ``running_job``."""
+        if not job_ids:
+            return
+        self.job = " ".join([self.job, *job_ids]) if self.job else " ".join(job_ids)
+        self._beat_logging_failures()
 
     def beat_once(self) -> None:
         job = self.job

@@ -34,6 +34,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from shared.model_registry import EMBEDDED_PREFIX, EMOJI, TINY_RANDOM, ModelFamily, ModelSpec
 from shared.schemas import Task
 from shared.settings import Settings
+from worker import fast_path
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +88,11 @@ def torch_dtype_for(device: str, spec: ModelSpec | None = None) -> torch.dtype:
 
 
 def configure_torch(settings: Settings) -> None:
-    """Apply process-wide torch settings (thread count) before any model runs."""
+    """Apply process-wide torch settings (threads, the fast path's TF32) before any model
+    runs."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    fast_path.configure_backends(fast_path.fast_path_for(settings))
 
 
 def load_pipeline(spec: ModelSpec, settings: Settings) -> LoadedModel:
@@ -102,7 +105,7 @@ def load_pipeline(spec: ModelSpec, settings: Settings) -> LoadedModel:
     device = torch.device(settings.device)
     dtype = torch_dtype_for(settings.device, spec)
     pipe = _load(spec, dtype)
-    _place(pipe, spec, device)
+    _place(pipe, spec, device, fast_path.fast_path_for(settings))
     pipe.set_progress_bar_config(disable=True)
     text_to_image = _text_to_image(pipe, spec)
     image_to_image = _derive(AutoPipelineForImage2Image, pipe, spec, Task.IMAGE_TO_IMAGE)
@@ -133,10 +136,12 @@ def _text_to_image(pipe: DiffusionPipeline, spec: ModelSpec) -> DiffusionPipelin
     return pipe
 
 
-def _place(pipe: DiffusionPipeline, spec: ModelSpec, device: torch.device) -> None:
-    """Move the weights to ``device``, or with ``cpu_offload`` let each module visit the
-    GPU only while it runs; ``vae_tiling`` decodes large images tile by tile."""
-    if spec.cpu_offload and device.type == "cuda":
+def _place(pipe: DiffusionPipeline, spec: ModelSpec, device: torch.device,
+           tuning: fast_path.FastPath) -> None:
+    """Move the weights to ``device``, or with ``cpu_offload`` (the spec's, or
+    LATENTD_CPU_OFFLOAD for every model) let each module visit the GPU only while it
+    runs; ``vae_tiling`` decodes large images tile by tile; then the fast path."""
+    if (spec.cpu_offload or tuning.cpu_offload) and device.type == "cuda":
         pipe.enable_model_cpu_offload(device=device)
     else:
         if spec.cpu_offload:
@@ -145,6 +150,7 @@ def _place(pipe: DiffusionPipeline, spec: ModelSpec, device: torch.device) -> No
         pipe.to(device)
     if spec.vae_tiling:
         pipe.vae.enable_tiling()
+    fast_path.tune(pipe, tuning)
 
 
 def _derive(

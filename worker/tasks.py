@@ -5,6 +5,14 @@ bytes, and the job store accepts only one terminal transition. The job is claime
 this process's heartbeat name, and every later write names it too: once the API's reaper
 has taken the job back (this process stopped beating for a while) or another worker has
 claimed it, this run stops at its next step and its writes change nothing.
+
+Dynamic batching: after claiming its job, the run also claims queued companions (jobs
+with the same batch signature, shared.batching) under the same name, up to
+LATENTD_MAX_BATCH images, waiting up to LATENTD_BATCH_WAIT_MS for them, and runs them
+all in one pipeline call; each job keeps its own progress, cancel, outcome and metrics,
+and the heartbeat names every one of them, so each is reaped on its own if this process
+dies. A batch that fails is run again one job at a time, so one job's fault (or a batch
+too big for the device) costs only that job.
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import torch
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
+from shared.batching import batch_signature
 from shared.celery_app import GENERATE_TASK
 from shared.jobstore import JobStore
 from shared.logs import logs_as_job
@@ -38,6 +48,8 @@ logger = logging.getLogger(__name__)
 # Progress is published at most this often (plus the first and last step): a GPU runs
 # 20+ steps a second and every update is an event, an SSE message and maybe a webhook.
 PROGRESS_INTERVAL_SECONDS = 0.25
+# How often a run waiting for batch companions looks for them again.
+COMPANION_POLL_SECONDS = 0.01
 
 
 @dataclass
@@ -57,6 +69,13 @@ class WorkerRuntime:
     engine: GenerationEngine | None
     load_error: str | None = None
     heartbeat: Heartbeat | None = None
+    # Images this process puts in one pipeline call: LATENTD_MAX_BATCH, halved each time
+    # a batch runs out of device memory (None: the setting as it is).
+    batch_limit: int | None = None
+
+    @property
+    def max_batch(self) -> int:
+        return self.settings.max_batch if self.batch_limit is None else self.batch_limit
     models: ModelCache | None = None
 
     @property
@@ -108,11 +127,42 @@ def run_job(job_id: str, runtime: WorkerRuntime) -> None:
 
 
 def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) -> None:
-    store, worker = runtime.store, runtime.worker
-    job = store.mark_running(job_id, worker)
+    job = runtime.store.mark_running(job_id, runtime.worker)
     if job is None:  # missing, already finished, canceled while queued, or out of attempts
         logger.info("job %s: nothing to run", job_id)
         return
+    jobs = [job, *_claim_companions(job, runtime)]
+    if len(jobs) == 1:
+        _run_one(job, runtime, engine)
+    else:
+        _run_batch(jobs, runtime, engine)
+
+
+def _claim_companions(job: JobRecord, runtime: WorkerRuntime) -> list[JobRecord]:
+    """Queued jobs that can share ``job``'s pipeline call, claimed for this run: as many as
+    fit LATENTD_MAX_BATCH images, waiting up to LATENTD_BATCH_WAIT_MS for more to
+    arrive (jobs submitted together reach the queue a few ms apart)."""
+    settings = runtime.settings
+    room = runtime.max_batch - job.request.num_images
+    if room <= 0 or batch_signature(job.request) is None:
+        return []
+    deadline = time.monotonic() + settings.batch_wait_ms / 1000
+    companions: list[JobRecord] = []
+    while True:
+        claimed = runtime.store.claim_companions(job, runtime.worker, room)
+        if claimed:
+            companions += claimed
+            room -= sum(companion.request.num_images for companion in claimed)
+            if runtime.heartbeat is not None:
+                runtime.heartbeat.also_running([companion.id for companion in claimed])
+        left = deadline - time.monotonic()
+        if room <= 0 or left <= 0:
+            return companions
+        time.sleep(min(COMPANION_POLL_SECONDS, left))
+
+
+def _run_one(job: JobRecord, runtime: WorkerRuntime, engine: GenerationEngine) -> None:
+    store, worker, job_id = runtime.store, runtime.worker, job.id
     try:
         if store.is_cancel_requested(job_id, worker):
             _stop(store, job_id, worker, "canceled before it started")
@@ -129,29 +179,134 @@ def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) 
                 on_step=ProgressReporter(store, job_id, worker=worker),
             )
             inference_seconds = time.monotonic() - started
-        images = _store_outputs(runtime.storage, job_id, plan, results)
-        metrics = _metrics(job, inference_seconds)
-        if store.mark_succeeded(job_id, images, metrics, worker) is None:
-            if store.get(job_id) is None:  # deleted while it ran: keep no orphaned images
-                runtime.storage.delete_prefix(job_prefix(job_id))
-            # Otherwise another run owns the job now; it writes these very keys.
-            logger.info("job %s: finished, but the job is no longer this run's", job_id)
-            return
-        logger.info("job %s: %d %s(s) in %.2fs", job_id, len(images),
-                    "video" if plan.task in VIDEO_TASKS else "image", inference_seconds)
+        _succeed(job, results, inference_seconds, plan.num_images, runtime)
     except GenerationCanceled as exc:
         _stop(store, job_id, worker, str(exc))
     except ModelLoadError as exc:
         logger.error("job %s: could not load model %s: %s", job_id, job.request.model, exc)
         store.mark_failed(job_id, ErrorCode.MODEL_UNAVAILABLE, str(exc), worker)
     except SoftTimeLimitExceeded:
-        limit = runtime.settings.task_soft_time_limit
-        store.mark_failed(job_id, ErrorCode.TIMEOUT, f"generation took longer than {limit} s",
-                          worker)
+        _fail_timeout(job_id, runtime)
+    except torch.OutOfMemoryError as exc:
+        _fail_out_of_memory(job_id, runtime, exc)
     except Exception as exc:
         logger.exception("job %s failed", job_id)
         store.mark_failed(job_id, ErrorCode.GENERATION_FAILED, str(exc) or type(exc).__name__,
                           worker)
+
+
+def _run_batch(jobs: list[JobRecord], runtime: WorkerRuntime, engine: GenerationEngine) -> None:
+    """Run claimed jobs of one batch signature in one pipeline call, each to its own end."""
+    store, worker = runtime.store, runtime.worker
+    try:
+        live = []
+        for job in jobs:
+            if store.is_cancel_requested(job.id, worker):
+                _stop(store, job.id, worker, "canceled before it started")
+            else:
+                live.append(job)
+        if len(live) <= 1:
+            for job in live:
+                _run_one(job, runtime, engine)
+            return
+        images = sum(job.request.num_images for job in live)
+        logger.info("batch of %d jobs (%d images): %s", len(live), images,
+                    " ".join(job.id for job in live))
+        # One signature, one model: loaded if the memory budget had it evicted, and kept
+        # loaded while the batch runs (load time is not inference).
+        model = live[0].request.model
+        try:
+            with runtime.models.use(model) if runtime.models is not None else nullcontext():
+                started = time.monotonic()
+                results = engine.generate_batch(
+                    [job.request for job in live],
+                    [_BatchMember(ProgressReporter(store, job.id, worker=worker), job.id,
+                                  worker) for job in live])
+                inference_seconds = time.monotonic() - started
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:
+            # One job's fault, or a batch too big for the device: each job alone then
+            # gets the outcome it would have had unbatched.
+            logger.warning("batch of %d jobs failed (%s); running them one by one",
+                           len(live), type(exc).__name__, exc_info=True)
+            _free_device_cache()
+            if isinstance(exc, torch.OutOfMemoryError):
+                # This device holds fewer images a call: later batches of this process
+                # stay below it instead of failing and re-running every time.
+                runtime.batch_limit = max(1, images // 2)
+                logger.warning("batches of this worker now hold at most %d images",
+                               runtime.batch_limit)
+            for job in live:
+                _run_one(job, runtime, engine)
+            return
+        for job, result in zip(live, results, strict=True):
+            if isinstance(result, GenerationCanceled):
+                continue  # stopped and marked at the step it asked (_BatchMember)
+            try:
+                _succeed(job, result, inference_seconds, images, runtime)
+            except Exception as exc:  # storage refused this job's images: this job fails
+                logger.exception("job %s failed", job.id)
+                store.mark_failed(job.id, ErrorCode.GENERATION_FAILED,
+                                  str(exc) or type(exc).__name__, worker)
+    except SoftTimeLimitExceeded:
+        # Finished jobs are terminal and stay as they are; the others time out.
+        for job in jobs:
+            _fail_timeout(job.id, runtime)
+
+
+class _BatchMember:
+    """A batched job's ``on_step``: its own progress, and when it asks to stop, canceled
+    at that very step while the rest of the batch goes on."""
+
+    def __init__(self, report: ProgressReporter, job_id: str, worker: str):
+        self.report = report
+        self.job_id = job_id
+        self.worker = worker
+
+    def __call__(self, step: int, total_steps: int) -> bool:
+        if not self.report(step, total_steps):
+            return False
+        _stop(self.report.store, self.job_id, self.worker,
+              f"canceled after step {step} of {total_steps} (its batch goes on)")
+        return True
+
+
+def _succeed(job: JobRecord, results: list[GeneratedImage], inference_seconds: float,
+             batch_images: int, runtime: WorkerRuntime) -> None:
+    store, worker, job_id = runtime.store, runtime.worker, job.id
+    images = _store_outputs(runtime.storage, job_id, job.request, results)
+    metrics = _metrics(job, inference_seconds, batch_images)
+    if store.mark_succeeded(job_id, images, metrics, worker) is None:
+        if store.get(job_id) is None:  # deleted while it ran: keep no orphaned images
+            runtime.storage.delete_prefix(job_prefix(job_id))
+        # Otherwise another run owns the job now; it writes these very keys.
+        logger.info("job %s: finished, but the job is no longer this run's", job_id)
+        return
+    logger.info("job %s: %d %s(s) in %.2fs", job_id, len(images),
+                "video" if job.request.task in VIDEO_TASKS else "image", inference_seconds)
+
+
+def _fail_timeout(job_id: str, runtime: WorkerRuntime) -> None:
+    limit = runtime.settings.task_soft_time_limit
+    runtime.store.mark_failed(job_id, ErrorCode.TIMEOUT, f"generation took longer than {limit} s",
+                              runtime.worker)
+
+
+def _fail_out_of_memory(job_id: str, runtime: WorkerRuntime, exc: Exception) -> None:
+    """The device ran out of memory for this job: fail it, free what the failed run held,
+    and keep serving (the next, smaller job may well fit)."""
+    logger.warning("job %s: out of device memory: %s", job_id, exc)
+    _free_device_cache()
+    runtime.store.mark_failed(
+        job_id, ErrorCode.OUT_OF_MEMORY,
+        "the device ran out of memory for this job; try fewer images or a smaller size",
+        runtime.worker)
+
+
+def _free_device_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _stop(store: JobStore, job_id: str, worker: str, how: str) -> None:
@@ -223,11 +378,12 @@ def _store_outputs(
     return images
 
 
-def _metrics(job: JobRecord, inference_seconds: float) -> Metrics:
+def _metrics(job: JobRecord, inference_seconds: float, batch_images: int) -> Metrics:
     started = job.started_at or job.created_at
     now = datetime.now(UTC)
     return Metrics(
         queue_seconds=round((started - job.created_at).total_seconds(), 3),
         inference_seconds=round(inference_seconds, 3),
         total_seconds=round((now - job.created_at).total_seconds(), 3),
+        batch_images=batch_images,
     )

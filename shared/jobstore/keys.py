@@ -6,13 +6,17 @@ Layout (everything a job owns expires with it):
                               ``updated_at``, ``started_at``, ``finished_at``, ``progress``,
                               ``images``, ``error``, ``metrics``, ``attempts``, ``cancel``,
                               ``queue`` (its queue-position set), ``clock`` (see wire.py),
-                              ``worker`` (heartbeat name of the process that claimed it)
+                              ``worker`` (heartbeat name of the process that claimed it),
+                              ``batch`` (its batch set; absent: the job runs alone)
   latentd:job:<id>:webhooks   list of WebhookAttempt JSON
   latentd:owner:<owner>       sorted set of job ids by creation time (listing)
   latentd:owner:<owner>:status:<status>
                               the same, of the owner's jobs in that status (filtered
                               listing); kept by every transition (wire.py ``reply``)
   latentd:queue:<model>       sorted set of queued job ids by (priority, age) (queue position)
+  latentd:batch:<model>:<signature>
+                              the same, of the queued jobs with that batch signature
+                              (shared.batching): where a worker finds a job's companions
   latentd:idem:<owner>:<key>  "<job id> <request fingerprint>" for Idempotency-Key
   latentd:expiry              sorted set of job ids by expiry time (output clean-up)
   latentd:running             sorted set of running job ids by claim time (the reaper's)
@@ -56,9 +60,17 @@ def queue_key(model: str) -> str:
     return f"{PREFIX}:queue:{model}"
 
 
+def batch_key(model: str, signature: str) -> str:
+    return f"{PREFIX}:batch:{model}:{signature}"
+
+
 def idempotency_key(owner: str, key: str) -> str:
     return f"{PREFIX}:idem:{owner}:{key}"
 
 
+# Scripts that claim several jobs build their channels from this prefix.
+CHANNEL_PREFIX = f"{PREFIX}:events:"
+
+
 def channel(job_id: str) -> str:
-    return f"{PREFIX}:events:{job_id}"
+    return CHANNEL_PREFIX + job_id

@@ -24,12 +24,14 @@ from typing import Any, cast
 
 import redis
 
+from shared.batching import batch_signature
 from shared.heartbeat import HEARTBEAT_PREFIX
 from shared.jobstore import idempotency, keys
 from shared.jobstore.expiry import ExpiryIndex
 from shared.jobstore.idempotency import IdempotencyConflict
 from shared.jobstore.listing import JobListing
 from shared.jobstore.transitions import (
+    CLAIM_COMPANIONS,
     CREATE,
     ID_IN_USE,
     QUEUE_EPOCH_US,
@@ -37,10 +39,11 @@ from shared.jobstore.transitions import (
     REQUEST_CANCEL,
     TRANSITION,
     queue_weight,
+    score_range,
 )
 from shared.jobstore.webhook_log import WebhookLog
 from shared.jobstore.wire import READ, decode_event, decode_reply, encode_doc
-from shared.priorities import queue_level_of
+from shared.priorities import band_of, queue_level_of
 from shared.records import JobEvent, JobRecord, OutputImage
 from shared.schemas import (
     ErrorCode,
@@ -60,6 +63,9 @@ EventHook = Callable[[JobRecord, EventType], None]
 _CANCELED = JobError(code=ErrorCode.CANCELED, message="the job was canceled")
 # Running jobs the reaper looks at per round trip.
 _RECLAIM_BATCH = 500
+# Queued jobs of a batch set a claim of companions looks at (skipping the ones that do
+# not fit): bounds the script's time however long the queue.
+_COMPANION_CANDIDATES = 64
 
 
 class JobStore:
@@ -80,6 +86,7 @@ class JobStore:
         self._create = client.register_script(CREATE)
         self._transition = client.register_script(TRANSITION)
         self._reclaim = client.register_script(RECLAIM)
+        self._claim_companions = client.register_script(CLAIM_COMPANIONS)
         self._request_cancel = client.register_script(REQUEST_CANCEL)
         self._read = client.register_script(READ)
         self._listing = JobListing(client, self._read_many)
@@ -122,7 +129,7 @@ class JobStore:
         reply = self._create(
             keys=[keys.job_key(record.id), keys.webhooks_key(record.id),
                   keys.owner_key(record.owner), keys.queue_key(record.request.model),
-                  idem_key, keys.EXPIRY_KEY],
+                  idem_key, keys.EXPIRY_KEY, _batch_key(record)],
             args=[record.id, keys.channel(record.id), encode_doc(record), self._ttl,
                   queue_weight(queue_level_of(record)),
                   idempotency.key_record(record.id, fingerprint), fingerprint or "",
@@ -164,6 +171,28 @@ class JobStore:
             max_attempts=self._max_attempts, exhausted=self._worker_lost(),
         )
         return event.job if event is not None and event.type is EventType.STARTED else None
+
+    def claim_companions(self, job: JobRecord, worker: str, max_images: int) -> list[JobRecord]:
+        """Claim for ``worker`` queued jobs that can run in one pipeline call with ``job``
+        (its batch signature), up to ``max_images`` images in all, best queue place first
+        and only from ``job``'s priority band; each claimed exactly as ``mark_running``
+        claims a job (an attempt counted, a ``started`` event). Returns the jobs claimed."""
+        batch = _batch_key(job)
+        if not batch or max_images <= 0:
+            return []
+        lowest, highest = score_range(band_of(queue_level_of(job)))
+        replies = self._claim_companions(
+            keys=[batch, keys.RUNNING_KEY],
+            args=[worker, lowest, highest, max_images, self._max_attempts,
+                  Progress().model_dump_json(), keys.JOB_KEY_PREFIX, keys.WEBHOOKS_SUFFIX,
+                  keys.CHANNEL_PREFIX, _COMPANION_CANDIDATES],
+        )
+        claimed = []
+        for reply in replies:
+            event = self._applied(reply)
+            if event is not None:
+                claimed.append(event.job)
+        return claimed
 
     def update_progress(
         self, job_id: str, step: int, total_steps: int, eta_seconds: float | None,
@@ -255,7 +284,7 @@ class JobStore:
 
     def delete(self, job_id: str) -> bool:
         """Remove the job and its index entries (its outputs are the caller's)."""
-        doc, queue = self._redis.hmget(keys.job_key(job_id), ["doc", "queue"])
+        doc, queue, batch = self._redis.hmget(keys.job_key(job_id), ["doc", "queue", "batch"])
         if doc is None:
             return False
         owner = json.loads(doc)["owner"]
@@ -266,6 +295,8 @@ class JobStore:
             pipe.zrem(keys.owner_status_key(owner, status.value), job_id)
         if queue:
             pipe.zrem(queue, job_id)
+        if batch:
+            pipe.zrem(batch, job_id)
         pipe.zrem(keys.EXPIRY_KEY, job_id)
         pipe.zrem(keys.RUNNING_KEY, job_id)
         return pipe.execute()[0] > 0
@@ -354,3 +385,9 @@ class JobStore:
                 # must not make the caller believe otherwise and retry it.
                 log.exception("event hook failed for %s %s", event.job.id, event.type.value)
         return event
+
+
+def _batch_key(job: JobRecord) -> str:
+    """The batch set the job is filed in while queued ('' = it always runs alone)."""
+    signature = batch_signature(job.request)
+    return keys.batch_key(job.request.model, signature) if signature else ""

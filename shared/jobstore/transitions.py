@@ -22,11 +22,17 @@ def queue_weight(level: int) -> int:
     return level * LEVEL_WEIGHT
 
 
+def score_range(levels: range) -> tuple[int, int]:
+    """The queue scores of jobs queued at ``levels`` (inclusive bounds)."""
+    return queue_weight(levels[0]), queue_weight(levels[-1] + 1) - 1
+
+
 # Create reply when the id is taken.
 ID_IN_USE = -2
 
 # Store a new queued job, unless its Idempotency-Key names a live one.
-# KEYS: job, webhooks, owner index, queue set, idempotency key ('' = none), expiry index.
+# KEYS: job, webhooks, owner index, queue set, idempotency key ('' = none), expiry index,
+#       batch set ('' = the job runs alone).
 # ARGV: job id, channel, doc, ttl, queue weight, key record, fingerprint, job key
 #       prefix, webhooks suffix, queue epoch.
 CREATE = LUA_LIBRARY + r"""
@@ -41,6 +47,11 @@ redis.call('ZADD', KEYS[3], string.format('%d', now), ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 local age = now - tonumber(ARGV[10])
 redis.call('ZADD', KEYS[4], string.format('%d', tonumber(ARGV[5]) + age), ARGV[1])
+if KEYS[7] ~= '' then
+  redis.call('HSET', KEYS[1], 'batch', KEYS[7])
+  redis.call('ZADD', KEYS[7], string.format('%d', tonumber(ARGV[5]) + age), ARGV[1])
+  redis.call('EXPIRE', KEYS[7], ARGV[4])
+end
 redis.call('ZADD', KEYS[6], string.format('%.6f', now / 1e6 + tonumber(ARGV[4])), ARGV[1])
 return reply(KEYS, ARGV[1], ARGV[2], 'queued')
 """
@@ -68,7 +79,8 @@ if status == 'running' and event == 'started' then
   local claimant = redis.call('HGET', KEYS[1], 'worker') or ''
   if claimant ~= '' then
     local model = cjson.decode(redis.call('HGET', KEYS[1], 'doc')).request.model
-    if redis.call('GET', HEARTBEAT_PREFIX .. ':' .. model .. ':' .. claimant) == ARGV[1] then
+    if beats_for(redis.call('GET', HEARTBEAT_PREFIX .. ':' .. model .. ':' .. claimant),
+                 ARGV[1]) then
       return false
     end
   end
@@ -100,9 +112,7 @@ elseif event == 'completed' then
   fields[#fields + 1] = at
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-if status == 'queued' and to ~= 'queued' then
-  redis.call('ZREM', redis.call('HGET', KEYS[1], 'queue'), ARGV[1])
-end
+if status == 'queued' and to ~= 'queued' then leave_queue(KEYS[1], ARGV[1]) end
 if to == 'running' then
   if event == 'started' then
     redis.call('ZADD', KEYS[3], string.format('%.6f', us / 1e6), ARGV[1])
@@ -151,9 +161,9 @@ if elapsed > hard + tonumber(ARGV[5]) then
 else
   local worker = redis.call('HGET', KEYS[1], 'worker') or ''
   if worker ~= '' then
-    -- The key shared.heartbeat.heartbeat_key names; its value is the job being run.
+    -- The key shared.heartbeat.heartbeat_key names; its value is the job(s) being run.
     local beat = redis.call('GET', ARGV[7] .. ':' .. request.model .. ':' .. worker)
-    if beat ~= ARGV[1] and (not beat or elapsed >= tonumber(ARGV[6])) then
+    if not beats_for(beat, ARGV[1]) and (not beat or elapsed >= tonumber(ARGV[6])) then
       verdict = elapsed >= hard and 'timeout' or 'lost'
     end
   end
@@ -177,8 +187,10 @@ end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'progress', ARGV[12], 'updated_at', at)
 redis.call('HDEL', KEYS[1], 'worker')
 local weight = tonumber(redis.call('HGET', KEYS[1], 'weight') or '0')
-redis.call('ZADD', redis.call('HGET', KEYS[1], 'queue'),
-           string.format('%d', weight + us - tonumber(ARGV[13])), ARGV[1])
+local score = string.format('%d', weight + us - tonumber(ARGV[13]))
+redis.call('ZADD', redis.call('HGET', KEYS[1], 'queue'), score, ARGV[1])
+local batch = redis.call('HGET', KEYS[1], 'batch')
+if batch then redis.call('ZADD', batch, score, ARGV[1]) end
 return reply(KEYS, ARGV[1], ARGV[2], 'queued')
 """
 
@@ -191,9 +203,53 @@ if status == 'queued' then
   local at = iso(stamp(KEYS[1]))
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'error', ARGV[3], 'updated_at', at,
              'finished_at', at)
-  redis.call('ZREM', redis.call('HGET', KEYS[1], 'queue'), ARGV[1])
+  leave_queue(KEYS[1], ARGV[1])
   return reply(KEYS, ARGV[1], ARGV[2], 'completed')
 end
 if status == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
 return reply(KEYS, ARGV[1], ARGV[2], nil)
+"""
+
+# Claim a running job's companions: queued jobs of its batch set (same signature, so one
+# pipeline call runs them all), best queue score first, within a score range (the
+# caller's priority band: a low-priority job never rides ahead of normal ones), while
+# their images fit. Each is moved exactly as a claim by TRANSITION moves it (running
+# under ``worker``, an attempt counted, filed in the running index, a ``started`` event),
+# so from here on it is one of the worker's claimed jobs like any other: the reaper takes
+# it back on its own when the worker stops beating for it, and its own task, delivered
+# later, finds it running under a live claim (or finished) and runs nothing. A job out
+# of attempts is left queued for its own task to fail; an entry whose job is no longer
+# queued (expired) is dropped.
+# KEYS: batch set, running index. ARGV: worker, lowest score, highest score, images
+#   that still fit, max attempts, progress of a job not started, job key prefix, webhooks
+#   suffix, channel prefix, candidates to look at.
+CLAIM_COMPANIONS = LUA_LIBRARY + r"""
+local room = tonumber(ARGV[4])
+local claimed = {}
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[3], 'LIMIT', 0,
+                       tonumber(ARGV[10]))
+for _, id in ipairs(ids) do
+  if room <= 0 then break end
+  local job_key = ARGV[7] .. id
+  local status, attempts, doc = unpack(redis.call('HMGET', job_key, 'status', 'attempts',
+                                                  'doc'))
+  if status ~= 'queued' then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    attempts = tonumber(attempts or '0')
+    local images = cjson.decode(doc).request.num_images
+    if attempts < tonumber(ARGV[5]) and images <= room then
+      room = room - images
+      local us = stamp(job_key)
+      local at = iso(us)
+      leave_queue(job_key, id)
+      redis.call('HSET', job_key, 'status', 'running', 'worker', ARGV[1], 'progress', ARGV[6],
+                 'attempts', tostring(attempts + 1), 'updated_at', at, 'started_at', at)
+      redis.call('ZADD', KEYS[2], string.format('%.6f', us / 1e6), id)
+      claimed[#claimed + 1] = reply({job_key, job_key .. ARGV[8]}, id, ARGV[9] .. id,
+                                    'started')
+    end
+  end
+end
+return claimed
 """

@@ -58,6 +58,19 @@ local function iso(us)
     math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60, us - secs * 1000000)
 end
 
+-- Does a worker's heartbeat value (the ids of the jobs it runs, space separated; a batch
+-- names several) name ``job_id``?
+local function beats_for(beat, job_id)
+  return beat and string.find(' ' .. beat .. ' ', ' ' .. job_id .. ' ', 1, true) ~= nil
+end
+
+-- A queued job leaves its queue set and its batch set (it started, ended or was deleted).
+local function leave_queue(job_key, job_id)
+  redis.call('ZREM', redis.call('HGET', job_key, 'queue'), job_id)
+  local batch = redis.call('HGET', job_key, 'batch')
+  if batch then redis.call('ZREM', batch, job_id) end
+end
+
 -- The whole job as JobRecord JSON, and its status; nil when there is no such job.
 -- Structured fields are stored as JSON written by pydantic and spliced in as they are:
 -- a cjson round trip would turn an empty list into {} and round floats to 14 digits.
