@@ -57,6 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--ema-decay", type=float, default=0.999)
     add("--checkpoint-every", type=int, default=100)
     add("--max-minutes", type=float, help="stop cleanly and export after this")
+    add(
+        "--more-steps",
+        type=int,
+        default=0,
+        help="with --resume: lengthen the saved plan by this many steps (the cosine schedule "
+        "restarts warm from where the longer plan puts it)",
+    )
     add("--limit", type=int, help="train on the first N training pairs only (smoke tests)")
     return parser.parse_args(argv)
 
@@ -193,6 +200,7 @@ def train(args: argparse.Namespace) -> None:
         ema=ema,
     )
     if args.resume and runner.load_state():
+        runner.total_steps += args.more_steps
         print(f"[upscaler] resuming at step {runner.step} of {runner.total_steps}")
         if runner.done:
             export()
