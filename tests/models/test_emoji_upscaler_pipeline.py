@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,31 +211,39 @@ def test_committed_folder_is_a_small_fp16_upscaler():
     assert config["block_out_channels"] == list(expected.block_out_channels)
 
 
-# Shapes with sharp edges, where bicubic blurs most.
-SHARP_EMOJI = ["🐱", "🇯🇵", "🔥", "🚀", "❤️", "🕙"]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The evaluation's first 32 held-out emoji: the committed weights score 33.0 dB / SSIM
+# 0.9545 there at the default steps, bicubic 29.6 dB / 0.9445.
+QUALITY_SAMPLE = 32
+
+
+@pytest.fixture(scope="module")
+def held_out_pairs():
+    """The saved pairs' held-out split, else the held-out emoji rendered afresh."""
+    from models.upscaler_data import build_pairs, dataset_emoji, is_held_out, load_pairs, split
+
+    saved = REPO_ROOT / "data" / "upscaler-pairs.npz"
+    if saved.is_file():
+        return split(load_pairs(saved))[1]
+    if not DEFAULT_FONT_PATH.is_file():
+        pytest.skip(f"no data/upscaler-pairs.npz and no font at {DEFAULT_FONT_PATH}")
+    pytest.importorskip("emoji", reason="the emoji package (train extra) orders the dataset")
+    emoji = dataset_emoji(REPO_ROOT / "data" / "emoji-dataset.npz")
+    return build_pairs([char for i, char in enumerate(emoji) if is_held_out(i)])
 
 
 @committed
-def test_committed_upscaler_is_sharper_than_bicubic():
-    if not DEFAULT_FONT_PATH.is_file():
-        pytest.skip(f"Noto Color Emoji not installed at {DEFAULT_FONT_PATH}")
-    from models.dataset import EmojiRenderer
-    from models.evaluate_upscaler import scores
-    from models.upscaler_data import render_pair
+def test_committed_upscaler_beats_bicubic_on_held_out_emoji(held_out_pairs):
+    pytest.importorskip("skimage", reason="scikit-image (dev extra) computes SSIM")
+    from models.evaluate_upscaler import resize_all, scores, upscale_all
 
-    renderer = EmojiRenderer()
-    pairs = [render_pair(renderer, char) for char in SHARP_EMOJI]
-    low = np.stack([p[0] for p in pairs])
-    high = np.stack([p[1] for p in pairs])
+    low = held_out_pairs.low[:QUALITY_SAMPLE]
+    high = held_out_pairs.high[:QUALITY_SAMPLE]
     pipe = load_emoji_upscaler_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    images = upscale(
-        pipe, [Image.fromarray(x) for x in low], range(len(low)), num_inference_steps=DEFAULT_STEPS
-    )
-    upscaled = np.stack([np.asarray(image) for image in images])
-    bicubic = np.stack(
-        [np.asarray(Image.fromarray(x).resize((128, 128), Image.BICUBIC)) for x in low]
-    )
+    upscaled, _ = upscale_all(pipe, low, DEFAULT_STEPS, noise_level=None, batch=16)
+    bicubic, _ = resize_all(low, Image.BICUBIC)
     model_psnr, model_ssim = scores(upscaled, high)
     bicubic_psnr, bicubic_ssim = scores(bicubic, high)
-    assert model_psnr > bicubic_psnr and model_ssim > bicubic_ssim
+    assert model_psnr > bicubic_psnr + 1, (model_psnr, bicubic_psnr)
+    assert model_ssim > bicubic_ssim, (model_ssim, bicubic_ssim)
