@@ -80,7 +80,10 @@ class EmojiUpscalePipeline(DiffusionPipeline):
         # UNet2DModel feeds its float32 sinusoidal projection of the class labels straight
         # into the class embedding's Linear, which fails once the UNet is fp16/bf16; cast
         # that input to the layer's own dtype (UNet2DConditionModel does the same itself).
-        unet.class_embedding.register_forward_pre_hook(_cast_to_weight_dtype)
+        # Once per UNet: the trainer wraps the same UNet in a pipeline at every export.
+        if not getattr(unet.class_embedding, "_casts_to_weight_dtype", False):
+            unet.class_embedding.register_forward_pre_hook(_cast_to_weight_dtype)
+            unet.class_embedding._casts_to_weight_dtype = True
         self._low_res_alphas = make_low_res_scheduler().alphas_cumprod
         self._interrupt = False
         self._num_timesteps = 0
