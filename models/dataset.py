@@ -142,7 +142,8 @@ class EmojiRenderer:
             # be dropped as "several glyphs".
             raise RuntimeError("Pillow was built without libraqm; emoji sequences cannot be shaped")
 
-    def render(self, char: str) -> np.ndarray | None:
+    def render_picture(self, char: str) -> Image.Image | None:
+        """The glyph centred on a white square at the font's own size (about 136 px)."""
         left, top, right, bottom = self.font.getbbox(char)
         width, height = right - left, bottom - top
         if height <= 0 or width > NOTO_GLYPH_WIDTH:
@@ -152,7 +153,12 @@ class EmojiRenderer:
         origin = ((side - width) // 2 - left, (side - height) // 2 - top)
         ImageDraw.Draw(canvas).text(origin, char, font=self.font, embedded_color=True)
         white = Image.new("RGBA", canvas.size, (255, 255, 255, 255))
-        picture = Image.alpha_composite(white, canvas).convert("RGB")
+        return Image.alpha_composite(white, canvas).convert("RGB")
+
+    def render(self, char: str) -> np.ndarray | None:
+        picture = self.render_picture(char)
+        if picture is None:
+            return None
         pixels = np.asarray(picture.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS))
         if pixels.min() == 255:
             return None  # drawn nothing
