@@ -140,8 +140,10 @@ def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) 
 
 def _claim_companions(job: JobRecord, runtime: WorkerRuntime) -> list[JobRecord]:
     """Queued jobs that can share ``job``'s pipeline call, claimed for this run: as many as
-    fit LATENTD_MAX_BATCH images, waiting up to LATENTD_BATCH_WAIT_MS for more to
-    arrive (jobs submitted together reach the queue a few ms apart)."""
+    fit LATENTD_MAX_BATCH images. Once companions have shown up, it waits up to
+    LATENTD_BATCH_WAIT_MS for more (jobs submitted together reach the queue a few ms
+    apart); a job with none queued runs at once, so a client sending one job at a time
+    pays nothing for batching."""
     settings = runtime.settings
     room = runtime.max_batch - job.request.num_images
     if room <= 0 or batch_signature(job.request) is None:
@@ -155,6 +157,8 @@ def _claim_companions(job: JobRecord, runtime: WorkerRuntime) -> list[JobRecord]
             room -= sum(companion.request.num_images for companion in claimed)
             if runtime.heartbeat is not None:
                 runtime.heartbeat.also_running([companion.id for companion in claimed])
+        elif not companions:
+            return companions  # alone: no burst is arriving
         left = deadline - time.monotonic()
         if room <= 0 or left <= 0:
             return companions

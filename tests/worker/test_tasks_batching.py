@@ -255,16 +255,34 @@ def test_the_soft_time_limit_fails_every_job_of_the_batch_as_timeout(
         assert done.error is not None and done.error.code is ErrorCode.TIMEOUT
 
 
-def test_a_run_waits_for_companions_up_to_the_batch_wait(engine, store, settings) -> None:
+def test_a_run_with_companions_waits_for_more_up_to_the_batch_wait(
+    engine, store, settings
+) -> None:
     runtime = make_runtime(engine, store, settings.model_copy(
-        update={"max_batch": 2, "batch_wait_ms": 5000}))
-    first = submit(store, seed=1)
+        update={"max_batch": 3, "batch_wait_ms": 5000}))
+    first, second = submit(store, seed=1), submit(store, seed=2)
     late: list[JobRecord] = []
-    submitter = threading.Timer(0.2, lambda: late.append(submit(store, seed=2)))
+    submitter = threading.Timer(0.2, lambda: late.append(submit(store, seed=3)))
     submitter.start()
     started = time.monotonic()
     run_job(first.id, runtime)
     submitter.join()
+    assert status(store, second) is JobStatus.SUCCEEDED
     assert status(store, late[0]) is JobStatus.SUCCEEDED
-    assert store.get(first.id).metrics.batch_images == 2  # type: ignore[union-attr]
+    assert store.get(first.id).metrics.batch_images == 3  # type: ignore[union-attr]
     assert time.monotonic() - started < 5  # a full batch stops waiting
+
+
+def test_a_run_alone_does_not_wait_for_companions(engine, store, settings) -> None:
+    runtime = make_runtime(engine, store, settings.model_copy(
+        update={"max_batch": 2, "batch_wait_ms": 5000}))
+    first = submit(store, seed=1)
+    late: list[JobRecord] = []
+    submitter = threading.Timer(0.5, lambda: late.append(submit(store, seed=2)))
+    submitter.start()
+    run_job(first.id, runtime)
+    ran_alone = store.get(first.id)
+    submitter.join()
+    assert ran_alone is not None and ran_alone.status is JobStatus.SUCCEEDED
+    assert ran_alone.metrics.batch_images == 1
+    assert status(store, late[0]) is JobStatus.QUEUED  # left for its own task
