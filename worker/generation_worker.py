@@ -18,6 +18,7 @@ import redis
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
+from shared.adapters import Adapters
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
 from shared.logs import GENERATION_WORKER, configure_celery_logging
@@ -86,7 +87,8 @@ def build_runtime() -> tasks.WorkerRuntime:
         # still receives fails its job with this reason instead of hanging.
         logger.exception("could not load models %s", settings.served_models)
         return tasks.WorkerRuntime(store, storage, settings, engine=None, load_error=str(exc))
-    engine = GenerationEngine(models)
+    # LoRA and ControlNet weights load on a job's first use of them (then stay loaded).
+    engine = GenerationEngine(models, Adapters.from_sources(settings.lora_dir, settings.models))
     if fast_path_for(settings).warm_up:
         # Compiled modules trace, and cuDNN times its kernels, on their first call: done
         # here, before the heartbeat starts, so no job waits on it and /readyz waits for it.
