@@ -117,9 +117,6 @@ class JobService:
         spec = self._model_for(request)
         refiner_spec = self._refiner_for(request)
         inputs = _decode_inputs(request)
-        # Decoded before planning like the init image; sized to the plan when stored.
-        inputs.control = [self._control_image(control.image, f"control.{index}.image", caller)
-                          for index, control in enumerate(request.control)]
         try:
             planned = plan_job(
                 request, spec,
@@ -131,6 +128,10 @@ class JobService:
             )
         except PlanError as exc:
             raise InvalidInput(exc.code, exc.message, exc.field) from None
+        # Decoded once the plan stands (an unknown ControlNet costs no decode); sized to the
+        # plan when stored.
+        inputs.control = [self._control_image(control.image, f"control.{index}.image", caller)
+                          for index, control in enumerate(request.control)]
         if request.webhook is not None:
             try:
                 check_webhook_url(str(request.webhook.url), self.settings)
