@@ -313,6 +313,8 @@ class JobPlan(BaseModel):
     # Base → refiner handoff of an SDXL text-to-image job; None when there is none.
     refiner: RefinerPlan | None = None
     # Adapters the run adds to the model, in order (their images are the job's inputs).
+    # Jobs whose loras or control differ cannot share one pipeline call: any key that
+    # groups plans into one batch must include both.
     loras: list[LoraRequest] = Field(default_factory=list)
     control: list[ControlSettings] = Field(default_factory=list)
 

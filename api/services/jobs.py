@@ -356,11 +356,14 @@ def fingerprint(request: GenerationRequest) -> str:
     The images (up to 13 MB of base64 each) are hashed as they are rather than copied
     into the canonical JSON: a copy per step there cost the API tens of MB per request.
     """
-    fields = request.model_dump(mode="json", exclude=_IMAGE_FIELDS)
+    exclude: dict = {name: True for name in _IMAGE_FIELDS}
+    exclude["control"] = {"__all__": {"image"}}
+    fields = request.model_dump(mode="json", exclude=exclude)
     digest = hashlib.sha256(json.dumps(
         fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
-    for name in sorted(_IMAGE_FIELDS):
-        image = getattr(request, name)
+    images = [(name, getattr(request, name)) for name in sorted(_IMAGE_FIELDS)]
+    images += [(f"control.{i}.image", c.image) for i, c in enumerate(request.control)]
+    for name, image in images:
         digest.update(f"\0{name}:{'-' if image is None else len(image)}\0".encode())
         if image is not None:
             digest.update(image.encode())
