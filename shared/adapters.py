@@ -35,9 +35,9 @@ _ADAPTER_NAME = re.compile(ADAPTER_NAME_PATTERN)
 # A safetensors header is JSON of names and shapes; real LoRAs have a few hundred KB.
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 CONTROLNET_CLASS = "ControlNetModel"
-# The UNet config keys a ControlNet must share with its base UNet to be added to it.
-_CONTROL_SHAPE_KEYS = ("cross_attention_dim", "addition_embed_type", "block_out_channels",
-                       "in_channels")
+# The UNet config keys a ControlNet must share with its base UNet to be added to it
+# (not in_channels: an inpainting UNet takes 9, and the usual 4-channel ControlNets fit it).
+_CONTROL_SHAPE_KEYS = ("cross_attention_dim", "addition_embed_type", "block_out_channels")
 # Built-in models' UNets, as their builders make them (checked against the real modules by
 # tests/worker/test_adapters.py); the emoji model ships its config with its weights.
 _BUILTIN_UNET_CONFIGS: dict[str, dict[str, Any]] = {
