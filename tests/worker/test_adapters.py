@@ -35,6 +35,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     xl.save_pretrained(xl_folder)
     save_tiny_lora(root / "loras", "ink", seed=1)
     save_tiny_lora(root / "loras", "paper", seed=2)
+    save_tiny_lora(root / "loras", "xl-ink", seed=3, unet=build_tiny_sdxl_pipeline().unet)
     return {
         "loras": root / "loras",
         "edges": save_tiny_controlnet(root / "edges", seed=0),
@@ -233,6 +234,15 @@ def test_sdxl_controlnet_on_an_sdxl_model(engine, adapters, xl_spec):
                                                 control=[control("xl-edges")]).control)
     assert type(pipe).__name__ == "StableDiffusionXLControlNetPipeline"
     assert pipe.unet is engine.models[TINY_XL].text_to_image.unet
+
+
+def test_sdxl_lora_on_an_sdxl_model(engine, adapters, xl_spec):
+    plain_xl = pixels(engine, plan(adapters, xl_spec))
+    zero = pixels(engine, plan(adapters, xl_spec, loras=[{"name": "xl-ink", "scale": 0.0}]))
+    one = pixels(engine, plan(adapters, xl_spec, loras=[{"name": "xl-ink", "scale": 1.0}]))
+    assert np.array_equal(zero, plain_xl)
+    assert np.abs(one - plain_xl).max() > 10
+    assert np.array_equal(pixels(engine, plan(adapters, xl_spec)), plain_xl)
 
 
 def test_engine_refuses_a_control_image_of_the_wrong_size(engine, adapters):
