@@ -8,7 +8,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,6 +23,7 @@ from scripts.service_processes import ServiceProcesses, running_service
 from tests.adapter_weights import build_tiny_sdxl_pipeline, save_tiny_controlnet, save_tiny_lora
 from tests.integration.conftest import Service
 
+REPO = Path(__file__).resolve().parents[2]
 BODY = {"prompt": "a red fox", "seed": 11, "steps": 3, "width": 64, "height": 64}
 
 
@@ -172,3 +177,41 @@ def test_the_base_model_and_the_controlnet_were_each_loaded_once(
     log = (processes.workdir / "worker.log").read_text()
     assert log.count("loaded model tiny-random") == 1
     assert log.count("loaded ControlNet edges") == 1
+
+
+def test_the_command_line_adds_loras_and_controlnets(service: Service, tmp_path: Path) -> None:
+    def latentd(*args: str) -> subprocess.CompletedProcess:
+        # This checkout's command (run from tmp_path, where the images are written).
+        env = {**os.environ, "LATENTD_URL": service.url, "PYTHONPATH": str(REPO)}
+        env.pop("LATENTD_API_KEY", None)
+        return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    (tmp_path / "edges.png").write_bytes(base64.b64decode(stripes_b64()))
+    result = latentd("generate", "a red fox", "-o", "fox.png", "--seed", "5", "--steps", "2",
+                     "--size", "64x64", "--lora", "ink:0.5", "--lora", "paper",
+                     "--control", "edges", "edges.png")
+    assert result.returncode == 0, result.stderr
+    parameters = open_png((tmp_path / "fox.png").read_bytes()).info["parameters"]
+    assert 'LoRA: "ink: 0.5, paper: 1"' in parameters
+    assert 'ControlNet 0: "Model: edges, Weight: 1' in parameters
+    refused = latentd("generate", "x", "--lora", "ink:strong")
+    assert refused.returncode != 0 and "NAME:SCALE" in refused.stderr
+
+
+def test_the_python_client_sends_control_images_as_files_or_job_references(
+        service: Service, tmp_path: Path) -> None:
+    from shared.client import Client
+
+    image = tmp_path / "edges.png"
+    image.write_bytes(base64.b64decode(stripes_b64()))
+    with Client(service.url) as client:
+        first = client.generate("a fox", steps=2, width=64, height=64, seed=3,
+                                control=[{"model": "edges", "image": image}])
+        again = client.generate("a fox", steps=2, width=64, height=64, seed=3,
+                                control=[{"model": "edges", "image": image.read_bytes()}])
+        chained = client.generate("a fox", steps=2, width=64, height=64, seed=3,
+                                  control=[{"model": "edges", "image": f"job:{first.id}/0"}])
+        assert client.image(first.id, 0) == client.image(again.id, 0)
+        assert chained.status == "succeeded"
