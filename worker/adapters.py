@@ -7,6 +7,7 @@ ends, so no job sees another job's adapters.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -64,7 +65,10 @@ class LoraAdapters:
                 continue
             path = self.files[name].path
             try:
-                pipe.load_lora_weights(str(path), adapter_name=name)
+                with warnings.catch_warnings():
+                    # PEFT warns at every adapter after the first; several are the point.
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    pipe.load_lora_weights(str(path), adapter_name=name)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 # A file that does not fit this model's modules leaves nothing behind.
                 if name in _adapter_names(pipe):

@@ -12,7 +12,7 @@ from PIL import Image
 from shared.adapters import Adapters, base_unet_config
 from shared.model_registry import BUILTIN_MODELS, TINY_RANDOM, ModelSpec
 from shared.plan import plan_job
-from shared.schemas import GenerationRequest, JobPlan
+from shared.schemas import GenerationRequest, JobPlan, LoraRequest
 from shared.settings import Settings
 from tests.adapter_weights import (
     build_tiny_sdxl_pipeline,
@@ -159,6 +159,20 @@ def test_lora_on_image_to_image_shares_the_models_modules(engine, adapters):
                      loras=[{"name": "ink", "scale": 1.0}])
     assert not np.array_equal(pixels(engine, base, init_image=init),
                               pixels(engine, with_lora, init_image=init))
+
+
+def test_a_lora_that_does_not_fit_fails_the_run_and_leaves_the_model_as_it_was(
+        engine, adapters, plain):
+    # The plan refuses it at submit (shapes); a worker still guards itself.
+    job = plan(adapters).model_copy(update={"loras": [LoraRequest(name="xl-ink", scale=1.0)]})
+    with pytest.raises(ValueError, match="LoRA 'xl-ink' could not be added"):
+        engine.generate(job)
+    assert "xl-ink" not in engine.loras.loaded(TINY_RANDOM)
+    listed = engine.models[TINY_RANDOM].text_to_image.get_list_adapters()
+    assert not any("xl-ink" in names for names in listed.values())
+    assert np.array_equal(pixels(engine, plan(adapters)), plain)
+    assert np.array_equal(
+        pixels(engine, plan(adapters, loras=[{"name": "ink", "scale": 0.0}])), plain)
 
 
 def test_png_parameters_name_the_loras_and_controlnets(adapters):
