@@ -1,12 +1,12 @@
-"""ControlNet on a loaded model: the ControlNet weights are loaded once per process, and
-the ControlNet variant of a task's pipeline is derived from the model's already-loaded
+"""ControlNet on a loaded model: the ControlNet weights are loaded once per process (at
+its start, for those that fit its models), and the ControlNet variant of a task's pipeline is derived from the model's already-loaded
 pipeline (``from_pipe``), so the base weights are shared, never loaded a second time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -45,10 +45,18 @@ class ControlNets:
         self._pipelines: dict[tuple[str, Task, tuple[str, ...]], DiffusionPipeline] = {}
         self.loads = 0  # how many ControlNet weight loads this process made
 
+    def preload(self, models: Iterable[LoadedModel]) -> None:
+        """Load, at process start, every ControlNet that fits one of ``models`` (on that
+        model's device and dtype), so no job pays for it; others stay unloaded."""
+        for model in models:
+            base = _unet_config(model)
+            for name, spec in self.specs.items():
+                if base is not None and control_mismatch(spec, base, model.spec.name) is None:
+                    self._module(name, model.device, model.dtype)
+
     def check(self, model: LoadedModel, controls: list[ControlSettings]) -> None:
         """``ValueError`` naming the ControlNet this process lacks or the model cannot take."""
-        base = dict(model.text_to_image.unet.config) if hasattr(
-            model.text_to_image, "unet") else None
+        base = _unet_config(model)
         for control in controls:
             spec = self.specs.get(control.model)
             if spec is None:
@@ -94,6 +102,11 @@ class ControlNets:
             self.loads += 1
             logger.info("loaded ControlNet %s (%s) on %s", name, source, device)
         return module
+
+
+def _unet_config(model: LoadedModel) -> dict[str, Any] | None:
+    unet = getattr(model.text_to_image, "unet", None)
+    return dict(unet.config) if unet is not None else None
 
 
 def control_kwargs(

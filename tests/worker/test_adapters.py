@@ -217,6 +217,15 @@ def test_controlnet_runs_on_the_loaded_base_modules_and_loads_once(engine, adapt
         assert getattr(pipe, component) is getattr(model.text_to_image, component)
 
 
+def test_preload_loads_each_fitting_controlnet_once_on_its_models_device(engine, adapters):
+    fresh = GenerationEngine(engine.models, adapters)
+    fresh.controlnets.preload(engine.models.values())
+    # edges and depth fit tiny-random, xl-edges fits tiny-xl: one load each, none twice.
+    assert fresh.controlnets.loads == 3
+    fresh.generate(plan(adapters, control=[control()]), control_images=[control_image()])
+    assert fresh.controlnets.loads == 3
+
+
 def test_two_controlnets_run_together(engine, adapters):
     images = [control_image(), control_image("square")]
     edges = pixels(engine, plan(adapters, control=[control()]), control_images=images[:1])
