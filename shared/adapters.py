@@ -21,6 +21,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -195,14 +196,20 @@ def _cross_attention_width(header: Mapping[str, Any]) -> int | None:
     return None
 
 
-def base_unet_config(spec: ModelSpec) -> dict[str, Any] | None:
+def base_unet_config(spec: ModelSpec) -> Mapping[str, Any] | None:
     """The base model's UNet config, where it can be read here; None otherwise."""
-    if spec.source.startswith(EMBEDDED_PREFIX):
-        name = spec.source.removeprefix(EMBEDDED_PREFIX)
+    return _unet_config_of(spec.source)
+
+
+# Read once per source: every submit with adapters and every /v1/models asks again.
+@lru_cache(maxsize=256)
+def _unet_config_of(source: str) -> Mapping[str, Any] | None:
+    if source.startswith(EMBEDDED_PREFIX):
+        name = source.removeprefix(EMBEDDED_PREFIX)
         if name == EMOJI:
             return _read_json_or_none(_EMOJI_UNET_CONFIG)
         return _BUILTIN_UNET_CONFIGS.get(name)
-    return _read_json_or_none(Path(spec.source).expanduser() / "unet" / "config.json")
+    return _read_json_or_none(Path(source).expanduser() / "unet" / "config.json")
 
 
 def unet_family(config: Mapping[str, Any]) -> str:
