@@ -40,7 +40,7 @@ CONTROLNET_CLASS = "ControlNetModel"
 # (not in_channels: an inpainting UNet takes 9, and the usual 4-channel ControlNets fit it).
 _CONTROL_SHAPE_KEYS = ("cross_attention_dim", "addition_embed_type", "block_out_channels")
 # Built-in models' UNets, as their builders make them (checked against the real modules by
-# tests/worker/test_adapters.py); the emoji model ships its config with its weights.
+# tests/worker/test_engine_adapters.py); the emoji model ships its config with its weights.
 _BUILTIN_UNET_CONFIGS: dict[str, dict[str, Any]] = {
     TINY_RANDOM: {"cross_attention_dim": 32, "addition_embed_type": None,
                   "block_out_channels": [32, 64], "in_channels": 4},
