@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from shared.model_registry import EMBEDDED_PREFIX, EMOJI, TINY_RANDOM, ModelSpec
+from shared.model_registry import EMBEDDED_PREFIX, EMOJI, TINY_RANDOM, ModelFamily, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ _BUILTIN_UNET_CONFIGS: dict[str, dict[str, Any]] = {
                   "block_out_channels": [32, 64], "in_channels": 4},
 }
 _EMOJI_UNET_CONFIG = Path(__file__).resolve().parents[1] / "models" / EMOJI / "unet" / "config.json"
+# Families whose denoiser is a transformer: no UNet for a UNet LoRA or a ControlNetModel.
+_TRANSFORMER_FAMILIES = (ModelFamily.SD3, ModelFamily.FLUX)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,10 @@ class Adapters:
         """Why ``lora`` cannot be added to ``spec``'s model, or None when it can (or where
         only the worker can tell)."""
         base = base_unet_config(spec)
+        if lora.cross_attention_dim is not None and spec.family in _TRANSFORMER_FAMILIES:
+            return (f"LoRA '{lora.name}' was made for a UNet "
+                    f"({_family_by_width(lora.cross_attention_dim)}); model '{spec.name}' "
+                    f"({spec.family.value}) has a transformer")
         if base is None or lora.cross_attention_dim is None:
             return None
         width = base.get("cross_attention_dim")
@@ -103,6 +109,9 @@ class Adapters:
     def control_fit(self, control: ControlNetSpec, spec: ModelSpec) -> str | None:
         """Why ``control`` cannot steer ``spec``'s model, or None when it can (or where only
         the worker can tell)."""
+        if spec.family in _TRANSFORMER_FAMILIES:
+            return (f"ControlNet '{control.name}' ({control.family}) steers a UNet; model "
+                    f"'{spec.name}' ({spec.family.value}) has a transformer")
         base = base_unet_config(spec)
         if base is None:
             return None
@@ -197,8 +206,9 @@ def _cross_attention_width(header: Mapping[str, Any]) -> int | None:
 
 
 def base_unet_config(spec: ModelSpec) -> Mapping[str, Any] | None:
-    """The base model's UNet config, where it can be read here; None otherwise."""
-    return _unet_config_of(spec.source)
+    """The base model's UNet config, where it can be read here (a single-file checkpoint's
+    from its config folder); None otherwise."""
+    return _unet_config_of(spec.config or spec.source)
 
 
 # Read once per source: every submit with adapters and every /v1/models asks again.

@@ -41,13 +41,13 @@ class LoraAdapters:
     def applied(self, model: LoadedModel, loras: list[LoraRequest]) -> Iterator[None]:
         """The plan's LoRAs active at their scales inside the block, none after it.
 
-        The text-to-image pipeline owns the modules every other pipeline of the model
-        (image tasks, ControlNet) shares, so adapters set there act in all of them.
+        Every pipeline of the model (each task's, ControlNet's) shares the same modules, so
+        adapters set through any one of them act in all.
         """
         if not loras:
             yield
             return
-        pipe = model.text_to_image
+        pipe = modules_owner(model)
         self._load(model.spec.name, pipe, [lora.name for lora in loras])
         try:
             pipe.enable_lora()
@@ -77,6 +77,14 @@ class LoraAdapters:
                                  f"{exc}") from exc
             loaded.add(name)
             logger.info("loaded LoRA %s (%s) into model %s", name, path, model)
+
+
+def modules_owner(model: LoadedModel) -> DiffusionPipeline:
+    """One of the model's pipelines (they all hold the same modules)."""
+    for pipe in (model.text_to_image, model.image_to_image, model.inpaint):
+        if pipe is not None:
+            return pipe
+    raise ValueError(f"model '{model.spec.name}' has no pipeline")
 
 
 def _adapter_names(pipe: DiffusionPipeline) -> set[str]:

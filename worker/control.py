@@ -22,6 +22,7 @@ from PIL import Image
 
 from shared.adapters import ControlNetSpec, control_mismatch
 from shared.schemas import ControlSettings, Task
+from worker.adapters import modules_owner
 from worker.pipelines import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class ControlNets:
 
 
 def _unet_config(model: LoadedModel) -> dict[str, Any] | None:
-    unet = getattr(model.text_to_image, "unet", None)
+    unet = getattr(modules_owner(model), "unet", None)
     return dict(unet.config) if unet is not None else None
 
 

@@ -177,3 +177,28 @@ def test_without_adapters_any_named_lora_is_unknown() -> None:
         plan_job(GenerationRequest(prompt="p", loras=[{"name": "ink"}]), TINY,  # type: ignore[list-item]
                  init_size=None, random_seed=1)
     assert caught.value.field == "loras.0.name" and "none" in caught.value.message
+
+
+def test_transformer_families_take_no_unet_lora_and_no_controlnet(world) -> None:
+    from shared.model_registry import FAMILY_DEFAULTS, ModelFamily
+
+    adapters, _, _ = world
+    flux = ModelSpec(name="flux", source="org/flux", family=ModelFamily.FLUX,
+                     **FAMILY_DEFAULTS[ModelFamily.FLUX])  # type: ignore[arg-type]
+    lora = refusal(adapters, flux, loras=[{"name": "ink"}], width=1024, height=1024)
+    assert (lora.field, lora.code) == ("loras.0.name", "incompatible_lora")
+    assert "transformer" in lora.message
+    control = refusal(adapters, flux, control=[cn()], width=1024, height=1024)
+    assert (control.field, control.code) == ("control.0.model", "incompatible_controlnet")
+    assert adapters.loras_for(flux) == [] and adapters.controlnets_for(flux) == []
+
+
+def test_a_single_file_checkpoint_is_judged_by_its_config_folder(world, tmp_path) -> None:
+    adapters, xl_spec, _ = world
+    from shared.model_registry import ModelFamily
+
+    single = ModelSpec(name="xl-file", source=str(tmp_path / "xl.safetensors"),
+                       config=xl_spec.source, family=ModelFamily.SDXL, default_width=64,
+                       default_height=64)
+    assert adapters.loras_for(single) == ["xl-style"]
+    assert adapters.controlnets_for(single) == ["xl-edges"]
