@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -25,8 +26,11 @@ class LoraAdapters:
 
     def __init__(self, files: Mapping[str, LoraFile]):
         self.files = dict(files)
-        # Model name -> adapter names already in its modules (loaded once, kept).
-        self._loaded: dict[str, set[str]] = {}
+        # The adapter names already in a model's modules, by the pipeline holding them:
+        # a model the memory budget evicts and loads again comes back without them, and
+        # its entry goes with the evicted pipeline.
+        self._loaded: weakref.WeakKeyDictionary[DiffusionPipeline, set[str]] = (
+            weakref.WeakKeyDictionary())
 
     def check(self, loras: list[LoraRequest]) -> None:
         """``ValueError`` naming the LoRA this process has no file for."""
@@ -34,8 +38,8 @@ class LoraAdapters:
             if lora.name not in self.files:
                 raise ValueError(f"LoRA '{lora.name}' is not in this worker's LATENTD_LORA_DIR")
 
-    def loaded(self, model: str) -> set[str]:
-        return set(self._loaded.get(model, ()))
+    def loaded(self, model: LoadedModel) -> set[str]:
+        return set(self._loaded.get(modules_owner(model), ()))
 
     @contextmanager
     def applied(self, model: LoadedModel, loras: list[LoraRequest]) -> Iterator[None]:
@@ -59,7 +63,7 @@ class LoraAdapters:
             pipe.disable_lora()
 
     def _load(self, model: str, pipe: DiffusionPipeline, names: list[str]) -> None:
-        loaded = self._loaded.setdefault(model, set())
+        loaded = self._loaded.setdefault(pipe, set())
         for name in names:
             if name in loaded:
                 continue

@@ -6,6 +6,7 @@ pipeline (``from_pipe``), so the base weights are shared, never loaded a second 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -42,8 +43,12 @@ class ControlNets:
     def __init__(self, specs: Mapping[str, ControlNetSpec]):
         self.specs = dict(specs)
         self._modules: dict[tuple[str, torch.device, torch.dtype], ControlNetModel] = {}
-        # (model, task, ControlNet names) -> the derived pipeline, built once.
-        self._pipelines: dict[tuple[str, Task, tuple[str, ...]], DiffusionPipeline] = {}
+        # The derived pipelines of each loaded model, by (task, ControlNet names), built
+        # once; keyed by the model's own pipeline so that a model the memory budget evicts
+        # takes its derived pipelines (and its modules) with it.
+        self._pipelines: weakref.WeakKeyDictionary[
+            DiffusionPipeline, dict[tuple[Task, tuple[str, ...]], DiffusionPipeline]] = (
+            weakref.WeakKeyDictionary())
         self.loads = 0  # how many ControlNet weight loads this process made
 
     def preload(self, models: Iterable[LoadedModel]) -> None:
@@ -73,8 +78,8 @@ class ControlNets:
     ) -> DiffusionPipeline:
         """The ControlNet pipeline of ``task`` on ``model``'s modules."""
         names = tuple(control.model for control in controls)
-        key = (model.spec.name, task, names)
-        pipe = self._pipelines.get(key)
+        derived = self._pipelines.setdefault(modules_owner(model), {})
+        pipe = derived.get((task, names))
         if pipe is None:
             modules = [self._module(name, model.device, model.dtype) for name in names]
             controlnet = modules[0] if len(modules) == 1 else MultiControlNetModel(modules)
@@ -88,7 +93,7 @@ class ControlNets:
                 raise ValueError(f"model '{model.spec.name}' has no ControlNet pipeline for "
                                  f"'{task.value}': {exc}") from exc
             pipe.set_progress_bar_config(disable=True)
-            self._pipelines[key] = pipe
+            derived[(task, names)] = pipe
         return pipe
 
     def _module(self, name: str, device: torch.device, dtype: torch.dtype) -> ControlNetModel:

@@ -3,6 +3,8 @@ and real ControlNetModels saved to a tmp folder, loaded as the worker loads them
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from tests.adapter_weights import (
 )
 from worker.engine import GenerationCanceled, GenerationEngine
 from worker.images import parameters_text
+from worker.model_cache import ModelCache
 from worker.pipelines import build_tiny_random_pipeline, load_pipeline
 
 TINY_XL = "tiny-xl"
@@ -149,7 +152,7 @@ def test_each_lora_file_is_loaded_once_per_process(engine, adapters, monkeypatch
         engine.generate(plan(adapters, loras=[{"name": "ink", "scale": 0.5},
                                               {"name": "paper", "scale": 0.5}]))
     assert loads.count("ink") <= 1 and loads.count("paper") <= 1
-    assert engine.loras.loaded(TINY_RANDOM) == {"ink", "paper"}
+    assert engine.loras.loaded(engine.models[TINY_RANDOM]) == {"ink", "paper"}
 
 
 def test_lora_on_image_to_image_shares_the_models_modules(engine, adapters):
@@ -167,7 +170,7 @@ def test_a_lora_that_does_not_fit_fails_the_run_and_leaves_the_model_as_it_was(
     job = plan(adapters).model_copy(update={"loras": [LoraRequest(name="xl-ink", scale=1.0)]})
     with pytest.raises(ValueError, match="LoRA 'xl-ink' could not be added"):
         engine.generate(job)
-    assert "xl-ink" not in engine.loras.loaded(TINY_RANDOM)
+    assert "xl-ink" not in engine.loras.loaded(engine.models[TINY_RANDOM])
     listed = engine.models[TINY_RANDOM].text_to_image.get_list_adapters()
     assert not any("xl-ink" in names for names in listed.values())
     assert np.array_equal(pixels(engine, plan(adapters)), plain)
@@ -266,6 +269,31 @@ def test_sdxl_lora_on_an_sdxl_model(engine, adapters, xl_spec):
     assert np.array_equal(zero, plain_xl)
     assert np.abs(one - plain_xl).max() > 10
     assert np.array_equal(pixels(engine, plan(adapters, xl_spec)), plain_xl)
+
+
+def test_a_model_evicted_and_loaded_again_gets_its_adapters_again(adapters, xl_spec):
+    # A budget below any model: each job's model loads alone, evicting the other.
+    settings = Settings(torch_threads=1)
+    specs = {TINY_RANDOM: BUILTIN_MODELS[TINY_RANDOM], TINY_XL: xl_spec}
+    cache = ModelCache(list(specs), lambda name: load_pipeline(specs[name], settings),
+                       budget_bytes=1)
+    engine = GenerationEngine(cache, adapters)
+
+    def run(job: JobPlan, **kwargs) -> np.ndarray:
+        with cache.use(job.model):  # as worker.tasks holds it
+            return pixels(engine, job, **kwargs)
+
+    job = plan(adapters, loras=[{"name": "ink", "scale": 1.0}], control=[control()])
+    first = run(job, control_images=[control_image()])
+    first_unet = weakref.ref(cache[TINY_RANDOM].text_to_image.unet)
+    run(plan(adapters, xl_spec))
+    gc.collect()
+    assert TINY_RANDOM not in cache
+    # Neither the LoRA state nor the ControlNet pipeline kept the evicted modules alive.
+    assert first_unet() is None
+    again = run(job, control_images=[control_image()])
+    assert np.array_equal(first, again)
+    assert engine.loras.loaded(cache[TINY_RANDOM]) == {"ink"}
 
 
 def test_engine_refuses_a_control_image_of_the_wrong_size(engine, adapters):
