@@ -332,7 +332,7 @@ class GenerationEngine:
         if first.negative_prompt is not None:
             call_kwargs["negative_prompt"] = [
                 plan.negative_prompt for plan in plans for _ in plan.seeds]
-        with self._lock:
+        with self._lock, self.loras.applied(model, first.loras):
             pipe.scheduler = scheduler
             output = pipe(**call_kwargs)
 

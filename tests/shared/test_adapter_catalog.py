@@ -202,3 +202,16 @@ def test_a_single_file_checkpoint_is_judged_by_its_config_folder(world, tmp_path
                        default_height=64)
     assert adapters.loras_for(single) == ["xl-style"]
     assert adapters.controlnets_for(single) == ["xl-edges"]
+
+
+def test_batch_signature_holds_the_loras_and_control_jobs_run_alone(world) -> None:
+    from shared.batching import batch_signature
+
+    adapters, _, _ = world
+    ink = plan(adapters, loras=[{"name": "ink", "scale": 0.5}]).plan
+    assert batch_signature(ink) == batch_signature(
+        plan(adapters, loras=[{"name": "ink", "scale": 0.5}], prompt="another").plan)
+    assert batch_signature(ink) != batch_signature(plan(adapters).plan)
+    assert batch_signature(ink) != batch_signature(
+        plan(adapters, loras=[{"name": "ink", "scale": 0.6}]).plan)
+    assert batch_signature(plan(adapters, control=[cn()]).plan) is None

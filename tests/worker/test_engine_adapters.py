@@ -296,6 +296,23 @@ def test_a_model_evicted_and_loaded_again_gets_its_adapters_again(adapters, xl_s
     assert engine.loras.loaded(cache[TINY_RANDOM]) == {"ink"}
 
 
+def test_a_batch_of_lora_jobs_runs_with_their_lora_and_leaves_none(engine, adapters, plain):
+    from shared.batching import batch_signature
+    from tests.worker.test_engine_batch import BATCH_PIXEL_TOLERANCE
+
+    jobs = [plan(adapters, loras=[{"name": "ink", "scale": 1.0}], seed=seed)
+            for seed in (7, 8)]
+    assert batch_signature(jobs[0]) == batch_signature(jobs[1]) is not None
+    alone = pixels(engine, jobs[0])
+    batched = engine.generate_batch(jobs, [lambda step, total: False] * 2)
+    first = batched[0]
+    assert not isinstance(first, Exception)
+    together = np.asarray(first[0].image, dtype=np.int16)
+    assert np.abs(together - alone).max() <= BATCH_PIXEL_TOLERANCE
+    assert np.abs(together - plain).max() > 10
+    assert np.array_equal(pixels(engine, plan(adapters)), plain)
+
+
 def test_engine_refuses_a_control_image_of_the_wrong_size(engine, adapters):
     with pytest.raises(ValueError, match=r"control\.0\.image is 32x32"):
         engine.generate(plan(adapters, control=[control()]),
