@@ -75,7 +75,8 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 async def get_job_service(state: StateDep) -> JobService:
     return JobService(settings=state.settings, store=state.store, reader=state.reader,
                       storage=state.storage, registry=state.registry, celery=state.celery,
-                      availability=state.availability, queue_caps=state.queue_caps)
+                      availability=state.availability, queue_caps=state.queue_caps,
+                      adapters=state.adapters)
 
 
 JobServiceDep = Annotated[JobService, Depends(get_job_service)]

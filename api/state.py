@@ -7,7 +7,7 @@ Nothing here runs at import.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio as aioredis
@@ -19,6 +19,7 @@ from api.services.event_hub import EventHub
 from api.services.metrics import build_metrics_registry
 from api.services.quotas import QueueCaps, RequestRate
 from api.services.status import ModelAvailability
+from shared.adapters import Adapters
 from shared.celery_app import make_celery
 from shared.jobstore import AsyncJobReader, JobStore
 from shared.metrics import MetricsRecorder, chain_hooks
@@ -48,6 +49,8 @@ class AppState:
     queue_caps: QueueCaps
     metrics: CollectorRegistry  # what GET /metrics renders: the whole service's, from Redis
     reader: AsyncJobReader  # job reads on the serving loop (event_redis)
+    # LoRAs and ControlNets requests may add (LATENTD_LORA_DIR, ControlNet folders).
+    adapters: Adapters = field(default_factory=Adapters)
 
     async def aclose(self) -> None:
         await self.events.aclose()
@@ -78,4 +81,5 @@ def build_app_state(settings: Settings) -> AppState:
         queue_caps=QueueCaps(client, settings, registry.names()),
         metrics=build_metrics_registry(client, registry.names()),
         reader=AsyncJobReader(event_redis),
+        adapters=Adapters.from_sources(settings.lora_dir, settings.models),
     )

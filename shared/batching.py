@@ -5,9 +5,10 @@ through one UNet call per step, and each image still equals the one its job woul
 alone (each image keeps its own seeded generator; only the last bits of the batched
 matmuls may differ). The signature holds everything that shapes the pipeline call
 itself: model, task, size, steps, scheduler, guidance (its kind and scale, true CFG,
-aesthetic scores), strength, and whether a negative prompt is given (SDXL-family
-pipelines encode a missing one as zeros, not as ""). A job handed to a refiner runs
-alone (two pipeline calls). What
+aesthetic scores), strength, the LoRAs with their scales, and whether a negative
+prompt is given (SDXL-family pipelines encode a missing one as zeros, not as ""). A job
+handed to a refiner runs alone (two pipeline calls), and so does a ControlNet job (its
+control images are its own). What
 may differ per job is what diffusers takes per image: prompt, negative prompt, seed,
 number of images; and what happens after the call (output format, webhook, priority).
 
@@ -31,7 +32,8 @@ BATCHED_TASKS = frozenset({Task.TEXT_TO_IMAGE})
 def batch_signature(plan: JobPlan) -> str | None:
     """The key jobs share when one pipeline call can run them together; ``None`` when the
     job always runs alone."""
-    if plan.task not in BATCHED_TASKS or plan.refiner is not None:
+    # A ControlNet job carries its own control images, which the engine does not stack.
+    if plan.task not in BATCHED_TASKS or plan.refiner is not None or plan.control:
         return None
     shared_call = {
         "model": plan.model,
@@ -48,6 +50,8 @@ def batch_signature(plan: JobPlan) -> str | None:
         "strength": plan.strength,
         "outpaint": plan.outpaint.model_dump() if plan.outpaint is not None else None,
         "negative_prompt": plan.negative_prompt is not None,
+        # LoRAs act on the shared modules for the whole call: the same ones, same scales.
+        "loras": [[lora.name, lora.scale] for lora in plan.loras],
     }
     text = json.dumps(shared_call, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -97,6 +97,31 @@ def _json_object(_ctx: click.Context, _param: click.Parameter, value: str | None
     return parsed
 
 
+def _loras(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+           ) -> list[dict[str, Any]] | None:
+    loras = []
+    for value in values:
+        name, _, scale = value.partition(":")
+        try:
+            loras.append({"name": name, "scale": float(scale) if scale else 1.0})
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: write NAME or NAME:SCALE, e.g. ink:0.8"
+                                     ) from None
+    return loras or None
+
+
+def _controls(_ctx: click.Context, _param: click.Parameter,
+              values: tuple[tuple[str, str], ...]) -> list[dict[str, Any]] | None:
+    controls = []
+    for model, image in values:
+        # A job's output is named as the API names it; anything else is a file to send.
+        source: Any = image if image.startswith("job:") else Path(image)
+        if isinstance(source, Path) and not source.is_file():
+            raise click.BadParameter(f"{image!r} is not a file (or job:<id>/<index>)")
+        controls.append({"model": model, "image": source})
+    return controls or None
+
+
 @cli.command()
 @click.argument("prompt")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -129,6 +154,12 @@ def _json_object(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.option("--outpaint-right", type=int, help="Outpaint: pixels added on the right.")
 @click.option("--outpaint-top", type=int, help="Outpaint: pixels added on top.")
 @click.option("--outpaint-bottom", type=int, help="Outpaint: pixels added at the bottom.")
+@click.option("--lora", "loras", multiple=True, callback=_loras, metavar="NAME[:SCALE]",
+              help="Add a LoRA from the service's `latentd models` (repeatable; scale 1).")
+@click.option("--control", multiple=True, nargs=2, callback=_controls,
+              metavar="CONTROLNET IMAGE",
+              help="Steer with a ControlNet and its image: a file or job:<id>/<index> "
+                   "(repeatable).")
 @click.option("--format", "output_format", type=click.Choice(FORMATS), help="Image format.")
 @click.option("--priority", type=click.Choice(("low", "normal", "high")))
 @click.option("--metadata", callback=_json_object, metavar="JSON",

@@ -270,7 +270,11 @@ class ModelRegistry:
         wanted = {settings.default_model, *settings.worker_models}
         specs = {name: spec for name, spec in BUILTIN_MODELS.items()
                  if name != TINY_RANDOM or name in wanted}
+        from shared.adapters import controlnet_source  # it reads this module's specs
+
         for name, entry in settings.models.items():
+            if controlnet_source(entry) is not None:
+                continue  # a control model (shared.adapters), not one to generate with
             fields = {"source": entry} if isinstance(entry, str) else dict(entry)
             if isinstance(fields.get("source"), str):
                 where = fields.get("config") or fields["source"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.adapters import Adapters, names
 from shared.model_registry import (
     REFINER_AESTHETIC_SCORE,
     REFINER_NEGATIVE_AESTHETIC_SCORE,
@@ -25,8 +26,10 @@ from shared.schemas import (
     MAX_SEED,
     VIDEO_FORMATS,
     VIDEO_TASKS,
+    ControlSettings,
     GenerationRequest,
     JobPlan,
+    LoraRequest,
     OutputFormat,
     PlanWarning,
     RefinerPlan,
@@ -80,6 +83,7 @@ def plan_job(
     random_seed: int,
     refiner_spec: ModelSpec | None = None,
     max_video_pixels: int | None = None,
+    adapters: Adapters | None = None,
 ) -> PlannedJob:
     """Resolve ``request`` for ``spec``.
 
@@ -91,6 +95,7 @@ def plan_job(
         refiner_spec: the model ``request.refiner`` names (None when it names none).
         max_video_pixels: frames × width × height of one video at most
             (LATENTD_MAX_VIDEO_PIXELS); None: no cap.
+        adapters: the LoRAs and ControlNets requests may name (None: none are offered).
     """
     warnings: list[PlanWarning] = []
     _check_task(request, spec)
@@ -126,6 +131,8 @@ def plan_job(
         aesthetic_score=spec.aesthetic_score,
         negative_aesthetic_score=spec.negative_aesthetic_score,
         refiner=_refiner(request, spec, refiner_spec, steps),
+        loras=_loras(request, spec, adapters or Adapters()),
+        control=_controls(request, spec, adapters or Adapters()),
     )
     return PlannedJob(plan=plan, warnings=warnings, input_size=input_size)
 
@@ -436,3 +443,47 @@ def _strength(request: GenerationRequest, steps: int, warnings: list[PlanWarning
             "raise strength or steps",
         )
     return strength
+
+
+def _loras(request: GenerationRequest, spec: ModelSpec, adapters: Adapters) -> list[LoraRequest]:
+    seen: set[str] = set()
+    for index, lora in enumerate(request.loras):
+        field = f"loras.{index}.name"
+        known = adapters.loras.get(lora.name)
+        if known is None:
+            raise PlanError(field, "unknown_lora", f"unknown LoRA '{lora.name}' (known: "
+                            f"{names(adapters.loras)}; files in LATENTD_LORA_DIR)")
+        if lora.name in seen:
+            raise PlanError(field, "duplicate_lora", f"LoRA '{lora.name}' is listed twice")
+        seen.add(lora.name)
+        misfit = adapters.lora_fit(known, spec)
+        if misfit is not None:
+            raise PlanError(field, "incompatible_lora", misfit)
+    return [LoraRequest(name=lora.name, scale=lora.scale) for lora in request.loras]
+
+
+def _controls(
+    request: GenerationRequest, spec: ModelSpec, adapters: Adapters
+) -> list[ControlSettings]:
+    seen: set[str] = set()
+    for index, control in enumerate(request.control):
+        known = adapters.controlnets.get(control.model)
+        field = f"control.{index}.model"
+        if known is None:
+            raise PlanError(field, "unknown_controlnet",
+                            f"unknown ControlNet '{control.model}' (known: "
+                            f"{names(adapters.controlnets)})")
+        if control.model in seen:
+            # One module cannot take two images in one run; two copies of it would be needed.
+            raise PlanError(field, "duplicate_controlnet",
+                            f"ControlNet '{control.model}' is listed twice")
+        seen.add(control.model)
+        misfit = adapters.control_fit(known, spec)
+        if misfit is not None:
+            raise PlanError(field, "incompatible_controlnet", misfit)
+        if control.start >= control.end:
+            raise PlanError(f"control.{index}.end", "empty_control_range",
+                            f"control end ({control.end}) must be above its start "
+                            f"({control.start})")
+    return [ControlSettings(**control.model_dump(include=set(ControlSettings.model_fields)))
+            for control in request.control]

@@ -22,6 +22,8 @@ class JobInputs(BaseModel):
 
     init_image_key: str | None = None
     mask_image_key: str | None = None
+    # One per ``plan.control`` entry, in order, at the plan's width x height.
+    control_image_keys: list[str] = Field(default_factory=list)
 
 
 class OutputImage(BaseModel):

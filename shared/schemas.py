@@ -155,6 +155,42 @@ class WebhookSpec(BaseModel):
         return list(dict.fromkeys(events))
 
 
+# Per-request adapters: a few at once (each costs memory and time per step).
+MAX_LORAS = 4
+MAX_CONTROLS = 3
+LORA_SCALE_LIMIT = 2.0
+CONTROL_SCALE_LIMIT = 2.0
+
+
+class LoraRequest(BaseModel):
+    """A LoRA from LATENTD_LORA_DIR (its file stem) and how strongly it applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    # Negative scales push away from what the LoRA learned (some are made to be used so).
+    scale: float = Field(1.0, ge=-LORA_SCALE_LIMIT, le=LORA_SCALE_LIMIT, strict=True)
+
+
+class ControlSettings(BaseModel):
+    """How one ControlNet steers a run: its weight and the part of the steps it acts in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=100)
+    scale: float = Field(1.0, ge=0, le=CONTROL_SCALE_LIMIT, strict=True)
+    # Fractions of the denoising steps; start < end is checked by the plan.
+    start: float = Field(0.0, ge=0, le=1, strict=True)
+    end: float = Field(1.0, ge=0, le=1, strict=True)
+
+
+class ControlRequest(ControlSettings):
+    """A ControlNet and its conditioning image: base64, or ``job:<id>/<index>`` naming an
+    output image of one of the caller's earlier jobs."""
+
+    image: str = Field(min_length=1, max_length=MAX_IMAGE_B64_CHARS)
+
+
 class GenerationRequest(BaseModel):
     """Body of ``POST /v1/jobs``: each field's own bounds. Rules that join fields or
     depend on the model are ``shared.plan.plan_job``'s, which names the field it refuses.
@@ -175,6 +211,8 @@ class GenerationRequest(BaseModel):
     # Flux only: real classifier-free guidance (two passes) with the negative prompt.
     true_cfg_scale: float | None = Field(None, ge=1, le=30, strict=True)
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
+    loras: list[LoraRequest] = Field(default_factory=list, max_length=MAX_LORAS)
+    control: list[ControlRequest] = Field(default_factory=list, max_length=MAX_CONTROLS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True)
     init_image: str | None = Field(None, max_length=MAX_IMAGE_B64_CHARS)
     mask_image: str | None = Field(None, max_length=MAX_IMAGE_B64_CHARS)
@@ -274,6 +312,11 @@ class JobPlan(BaseModel):
     negative_aesthetic_score: float | None = None
     # Base → refiner handoff of an SDXL text-to-image job; None when there is none.
     refiner: RefinerPlan | None = None
+    # Adapters the run adds to the model, in order (their images are the job's inputs).
+    # Jobs whose loras or control differ cannot share one pipeline call: any key that
+    # groups plans into one batch must include both.
+    loras: list[LoraRequest] = Field(default_factory=list)
+    control: list[ControlSettings] = Field(default_factory=list)
 
 
 class RefinerPlan(BaseModel):

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     models_file: Path | None = None
     worker_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str = "cpu"
+    # LoRA adapters requests may add (``loras``): every ``<name>.safetensors`` here. The API
+    # and the generation workers must see the same files.
+    lora_dir: Path | None = None
     torch_threads: int | None = Field(None, ge=1, le=256)
     # The GPU fast path (worker/fast_path.py): SDPA attention, channels_last, VAE
     # slicing/tiling and TF32 on CUDA (fast_path=false: plain diffusers); torch.compile

@@ -198,3 +198,26 @@ BAD_INPUTS += [
     ("refiner switch at 1", {**OK, "refiner": {"model": "x", "switch_at": 1}}, 422,
      "refiner.switch_at", None),
 ]
+# Adapters (the service these run against offers no LoRA and no ControlNet).
+CONTROL = {"model": "canny", "image": INIT}
+BAD_INPUTS += [
+    ("unknown LoRA", {**OK, "loras": [{"name": "nope"}]}, 422, "loras.0.name", "unknown_lora"),
+    ("LoRA scale over 2", {**OK, "loras": [{"name": "x", "scale": 2.5}]}, 422, "loras.0.scale",
+     None),
+    ("LoRA scale as a string", {**OK, "loras": [{"name": "x", "scale": "1"}]}, 422,
+     "loras.0.scale", None),
+    ("LoRA without a name", {**OK, "loras": [{"scale": 1}]}, 422, "loras.0.name", None),
+    ("five LoRAs", {**OK, "loras": [{"name": f"l{i}"} for i in range(5)]}, 422, "loras", None),
+    ("loras not a list", {**OK, "loras": {"name": "x"}}, 422, "loras", None),
+    ("unknown ControlNet", {**OK, "control": [CONTROL]}, 422, "control.0.model",
+     "unknown_controlnet"),
+    ("ControlNet without an image", {**OK, "control": [{"model": "canny"}]}, 422,
+     "control.0.image", None),
+    ("ControlNet scale negative", {**OK, "control": [{**CONTROL, "scale": -1}]}, 422,
+     "control.0.scale", None),
+    ("ControlNet end over 1", {**OK, "control": [{**CONTROL, "end": 1.5}]}, 422,
+     "control.0.end", None),
+    ("ControlNet unknown field", {**OK, "control": [{**CONTROL, "weight": 1}]}, 422,
+     "control.0.weight", "unknown_field"),
+    ("four ControlNets", {**OK, "control": [CONTROL] * 4}, 422, "control", None),
+]

@@ -18,8 +18,11 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from shared.adapters import Adapters
 from shared.batching import batch_signature
 from shared.schemas import VIDEO_TASKS, JobPlan, Task
+from worker.adapters import LoraAdapters
+from worker.control import ControlNets, control_kwargs
 from worker.images import outpaint_canvas
 from worker.pipelines import LoadedModel
 from worker.schedulers import make_scheduler
@@ -117,16 +120,21 @@ class _BatchStepCallback:
 class GenerationEngine:
     """Runs jobs on already-loaded models (one process holds one engine)."""
 
-    def __init__(self, models: Mapping[str, LoadedModel]):
+    def __init__(self, models: Mapping[str, LoadedModel], adapters: Adapters | None = None):
         # The models loaded now: a plain dict, or the worker's ModelCache (whose ``use``
         # the caller holds around ``generate`` so the model is loaded and stays).
         self.models = models
+        adapters = adapters or Adapters()
+        # LoRA and ControlNet weights: loaded on first use, kept for the process's life.
+        self.loras = LoraAdapters(adapters.loras)
+        self.controlnets = ControlNets(adapters.controlnets)
         # A model's pipeline objects are shared by every job; runs take turns so one job's
         # scheduler and interrupt flag are never another's.
         self._lock = threading.Lock()
 
     def check_inputs(
-        self, plan: JobPlan, init_image: Image.Image | None, mask_image: Image.Image | None
+        self, plan: JobPlan, init_image: Image.Image | None, mask_image: Image.Image | None,
+        control_images: list[Image.Image] | None = None,
     ) -> None:
         """Raise ``ValueError`` naming the argument for what this worker cannot run."""
         model = self.models.get(plan.model)
@@ -163,6 +171,16 @@ class GenerationEngine:
                     f"{name} is {image.size[0]}x{image.size[1]}, the plan says "
                     f"{expected[0]}x{expected[1]}"
                 )
+        self.loras.check(plan.loras)
+        controls = control_images or []
+        if len(controls) != len(plan.control):
+            raise ValueError(f"control: the plan has {len(plan.control)} ControlNet(s) and "
+                             f"{len(controls)} control image(s)")
+        self.controlnets.check(model, plan.control)
+        for index, image in enumerate(controls):
+            if image.size != (plan.width, plan.height):
+                raise ValueError(f"control.{index}.image is {image.size[0]}x{image.size[1]}, "
+                                 f"the plan says {plan.width}x{plan.height}")
 
     def generate(
         self,
@@ -170,10 +188,11 @@ class GenerationEngine:
         init_image: Image.Image | None = None,
         mask_image: Image.Image | None = None,
         on_step: OnStep | None = None,
+        control_images: list[Image.Image] | None = None,
     ) -> list[GeneratedImage]:
         """Run one job's plan; raises ``GenerationCanceled`` if ``on_step`` asked to stop."""
         # 1. Check inputs
-        self.check_inputs(plan, init_image, mask_image)
+        self.check_inputs(plan, init_image, mask_image, control_images)
         model = self.models[plan.model]
         pipe = model.pipeline_for(plan.task)
         assert pipe is not None  # check_inputs guarantees it
@@ -186,8 +205,13 @@ class GenerationEngine:
                                        on_step or _never_cancel)
         scheduler = make_scheduler(plan.scheduler, model.scheduler_config)
 
-        # 2. The task's images, already at the plan's size (sized once, at submit)
+        # 2. The task's images, already at the plan's size (sized once, at submit), and
+        #    the ControlNet variant of the pipeline on the same modules when the plan has one
         task_kwargs = _task_inputs(plan, init_image, mask_image)
+        if plan.control:
+            with self._lock:
+                pipe = self.controlnets.pipeline_for(model, plan.task, plan.control)
+            task_kwargs.update(control_kwargs(plan.task, plan.control, control_images or []))
 
         # 3. One generator per image: image i depends on seeds[i] alone, so a job re-run
         #    or a single image re-requested with its seed comes out the same.
@@ -214,7 +238,7 @@ class GenerationEngine:
         if plan.refiner is not None:
             # The base stops at switch_at and hands its latents over, undecoded.
             call_kwargs.update(denoising_end=plan.refiner.switch_at, output_type="latent")
-        with self._lock:
+        with self._lock, self.loras.applied(model, plan.loras):
             pipe.scheduler = scheduler
             output = pipe(**call_kwargs)
             if plan.refiner is not None and callback.canceled_at is None:
@@ -308,7 +332,7 @@ class GenerationEngine:
         if first.negative_prompt is not None:
             call_kwargs["negative_prompt"] = [
                 plan.negative_prompt for plan in plans for _ in plan.seeds]
-        with self._lock:
+        with self._lock, self.loras.applied(model, first.loras):
             pipe.scheduler = scheduler
             output = pipe(**call_kwargs)
 

@@ -18,6 +18,7 @@ import redis
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
+from shared.adapters import Adapters
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
 from shared.logs import GENERATION_WORKER, configure_celery_logging
@@ -79,14 +80,17 @@ def build_runtime() -> tasks.WorkerRuntime:
     storage = get_storage(settings)
     configure_torch(settings)
     models = ModelCache(settings.served_models, load_model, settings.worker_memory_budget)
+    # LoRA files load on a job's first use of them (a directory may hold many; each then
+    # stays loaded); the ControlNets that fit the models loaded here load with them.
+    engine = GenerationEngine(models, Adapters.from_sources(settings.lora_dir, settings.models))
     try:
         models.preload()
+        engine.controlnets.preload(models.values())
     except Exception as exc:
         # No heartbeat: /readyz reports the model unserved, and any task this process
         # still receives fails its job with this reason instead of hanging.
         logger.exception("could not load models %s", settings.served_models)
         return tasks.WorkerRuntime(store, storage, settings, engine=None, load_error=str(exc))
-    engine = GenerationEngine(models)
     if fast_path_for(settings).warm_up:
         # Compiled modules trace, and cuDNN times its kernels, on their first call: done
         # here, before the heartbeat starts, so no job waits on it and /readyz waits for it.

@@ -74,6 +74,16 @@ def parameters_text(plan: JobPlan, seed: int) -> str:
     if plan.refiner is not None:
         fields.append(f"Refiner: {plan.refiner.model}")
         fields.append(f"Refiner switch at: {plan.refiner.switch_at}")
+    if plan.loras:
+        # Quoted like AUTOMATIC1111's "Lora hashes": the value holds commas.
+        loras = ", ".join(f"{lora.name}: {lora.scale:g}" for lora in plan.loras)
+        fields.append(f'LoRA: "{loras}"')
+    for index, control in enumerate(plan.control):
+        # The sd-webui-controlnet extension's layout, which its readers parse back.
+        fields.append(
+            f'ControlNet {index}: "Model: {control.model}, Weight: {control.scale:g}, '
+            f'Guidance Start: {control.start:g}, Guidance End: {control.end:g}"'
+        )
     lines.append(", ".join(fields))
     return "\n".join(lines)
 

@@ -176,11 +176,14 @@ def _run_one(job: JobRecord, runtime: WorkerRuntime, engine: GenerationEngine) -
         # Loads the job's models (its own, and its refiner) if the memory budget had them
         # evicted (not counted as inference), and keeps them loaded until the run is over.
         needed = [plan.model, *([plan.refiner.model] if plan.refiner is not None else [])]
+        control_images = [_load_input(runtime.storage, key, "RGB")
+                          for key in job.inputs.control_image_keys]
         with runtime.models.use_all(needed) if runtime.models is not None else nullcontext():
             started = time.monotonic()
             results = engine.generate(
                 plan, init_image, mask_image,
                 on_step=ProgressReporter(store, job_id, worker=worker),
+                control_images=[image for image in control_images if image is not None],
             )
             inference_seconds = time.monotonic() - started
         _succeed(job, results, inference_seconds, plan.num_images, runtime)

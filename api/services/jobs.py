@@ -8,12 +8,14 @@ answered with 503.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import re
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from celery import Celery
@@ -24,6 +26,7 @@ from api.services.auth import Caller
 from api.services.images import decode_image, to_png
 from api.services.quotas import QueueCaps
 from api.services.status import ModelAvailability
+from shared.adapters import Adapters
 from shared.celery_app import GENERATE_TASK
 from shared.jobstore import AsyncJobReader, IdempotencyConflict, JobStore
 from shared.model_registry import ModelRegistry, ModelSpec, UnknownModel, queue_for_model
@@ -31,6 +34,7 @@ from shared.plan import PlanError, plan_job
 from shared.priorities import queue_level, queue_level_of
 from shared.records import JobInputs, JobRecord, public_job
 from shared.schemas import (
+    JOB_ID_PATTERN,
     MAX_SEED,
     ErrorCode,
     GenerationRequest,
@@ -83,6 +87,7 @@ class _Inputs:
 
     init: Image.Image | None = None
     mask: Image.Image | None = None
+    control: list[Image.Image] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +100,7 @@ class JobService:
     celery: Celery
     availability: ModelAvailability
     queue_caps: QueueCaps
+    adapters: Adapters = field(default_factory=Adapters)
 
     # -- submit -------------------------------------------------------------------
 
@@ -118,9 +124,14 @@ class JobService:
                 random_seed=secrets.randbelow(MAX_SEED + 1),
                 refiner_spec=refiner_spec,
                 max_video_pixels=self.settings.max_video_pixels,
+                adapters=self.adapters,
             )
         except PlanError as exc:
             raise InvalidInput(exc.code, exc.message, exc.field) from None
+        # Decoded once the plan stands (an unknown ControlNet costs no decode); sized to the
+        # plan when stored.
+        inputs.control = [self._control_image(control.image, f"control.{index}.image", caller)
+                          for index, control in enumerate(request.control)]
         if request.webhook is not None:
             try:
                 check_webhook_url(str(request.webhook.url), self.settings)
@@ -150,7 +161,8 @@ class JobService:
             id=job_id, owner=caller.owner, status=JobStatus.QUEUED, created_at=now, updated_at=now,
             request=planned.plan, warnings=planned.warnings, metadata=request.metadata,
             queue_level=queue_level(planned.plan.priority, queued_by_key),
-            inputs=self._store_inputs(job_id, inputs, planned.input_size),
+            inputs=self._store_inputs(job_id, inputs, planned.input_size,
+                                      (planned.plan.width, planned.plan.height)),
         )
         try:
             stored, created = self.store.create(
@@ -190,11 +202,37 @@ class JobService:
         except UnknownModel:
             return None
 
+    def _control_image(self, image: str, field_name: str, caller: Caller) -> Image.Image:
+        """A control image: base64, or ``job:<id>/<index>``, an output of the caller's job."""
+        reference = _JOB_IMAGE_REFERENCE.match(image)
+        if reference is None:
+            with _decoding:
+                return decode_image(image, field_name, "RGB")
+        job_id, index = reference.group(1), int(reference.group(2))
+        try:
+            job = self.get(job_id, caller)
+            info = next((i for i in job.images if i.index == index), None)
+            if info is None:
+                raise NotFound(f"job '{job_id}' has no image {index}")
+            data = self.storage.get(image_key(job_id, index, info.format.value))
+        except (NotFound, KeyError) as exc:
+            detail = exc.message if isinstance(exc, NotFound) else "the image is gone"
+            raise InvalidInput("unknown_image", f"{field_name}: {detail}", field_name) from None
+        with _decoding:
+            return decode_image(base64.b64encode(data).decode("ascii"), field_name, "RGB")
+
     def _store_inputs(
-        self, job_id: str, inputs: _Inputs, size: tuple[int, int] | None
+        self, job_id: str, inputs: _Inputs, size: tuple[int, int] | None,
+        canvas: tuple[int, int],
     ) -> JobInputs:
-        """Each input image resized once to the plan's input size, then stored as PNG."""
+        """Each input image resized once to the plan's input size (control images: to the
+        output size), then stored as PNG."""
         stored = JobInputs()
+        for index, image in enumerate(inputs.control):
+            key = input_key(job_id, f"control-{index}")
+            self.storage.put(key, to_png(_resized(image, canvas, Image.Resampling.LANCZOS)),
+                             "image/png")
+            stored.control_image_keys.append(key)
         if size is None:
             return stored
         if inputs.init is not None:
@@ -318,11 +356,14 @@ def fingerprint(request: GenerationRequest) -> str:
     The images (up to 13 MB of base64 each) are hashed as they are rather than copied
     into the canonical JSON: a copy per step there cost the API tens of MB per request.
     """
-    fields = request.model_dump(mode="json", exclude=_IMAGE_FIELDS)
+    exclude: dict = {name: True for name in _IMAGE_FIELDS}
+    exclude["control"] = {"__all__": {"image"}}
+    fields = request.model_dump(mode="json", exclude=exclude)
     digest = hashlib.sha256(json.dumps(
         fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
-    for name in sorted(_IMAGE_FIELDS):
-        image = getattr(request, name)
+    images = [(name, getattr(request, name)) for name in sorted(_IMAGE_FIELDS)]
+    images += [(f"control.{i}.image", c.image) for i, c in enumerate(request.control)]
+    for name, image in images:
         digest.update(f"\0{name}:{'-' if image is None else len(image)}\0".encode())
         if image is not None:
             digest.update(image.encode())
@@ -330,6 +371,8 @@ def fingerprint(request: GenerationRequest) -> str:
 
 
 _IMAGE_FIELDS = {"init_image", "mask_image"}
+# A control image given as an earlier job's output: job:<job id>/<image index>.
+_JOB_IMAGE_REFERENCE = re.compile(r"^job:(" + JOB_ID_PATTERN.strip("^$") + r")/(\d{1,2})$")
 # Decoding an image holds its bytes and its pixels (up to ~60 MB at the 4-megapixel
 # limit); a few at a time bound the API's memory however many uploads arrive at once.
 MAX_CONCURRENT_DECODES = 2

@@ -6,8 +6,10 @@ import threading
 import time
 
 import redis
+from pydantic import Field
 
 from api.errors import Unavailable
+from shared.adapters import Adapters
 from shared.heartbeat import live_workers
 from shared.metrics import read_worker_stats
 from shared.model_registry import ModelRegistry
@@ -22,16 +24,26 @@ class ModelStatus(ModelInfo):
     # Of those, the workers holding its weights in memory now; the others load it when a
     # job needs it (LATENTD_WORKER_MEMORY_BUDGET), which makes that job slower.
     loaded_workers: int
+    # What a request to this model may add: LoRA names (``loras``) and ControlNet models
+    # (``control``) that fit its UNet.
+    loras: list[str] = Field(default_factory=list)
+    control_models: list[str] = Field(default_factory=list)
 
 
-def model_statuses(registry: ModelRegistry, client: redis.Redis) -> list[ModelStatus]:
+def model_statuses(
+    registry: ModelRegistry, client: redis.Redis, adapters: Adapters | None = None
+) -> list[ModelStatus]:
+    adapters = adapters or Adapters()
     hot = [stats.hot_models for stats in read_worker_stats(client).values()]
     statuses = []
     for spec in registry:
         workers = len(live_workers(client, spec.name))
         loaded = sum(spec.name in models for models in hot)
-        statuses.append(ModelStatus(**spec.info().model_dump(), available=workers > 0,
-                                    workers=workers, loaded_workers=min(loaded, workers)))
+        statuses.append(ModelStatus(
+            **spec.info().model_dump(), available=workers > 0, workers=workers,
+            loaded_workers=min(loaded, workers), loras=adapters.loras_for(spec),
+            control_models=adapters.controlnets_for(spec),
+        ))
     return statuses
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import builtins
 import json
 import mimetypes
@@ -37,6 +38,10 @@ def submit_arguments(fields: Mapping[str, Any]) -> dict[str, Any]:
     """httpx arguments of a submit: a JSON body, or multipart when an image is bytes or a
     path (the ``request`` part holds the other fields as JSON)."""
     body = {name: value for name, value in fields.items() if value is not None}
+    if body.get("control"):
+        # Control images travel inside the JSON (or the `request` part) as base64 text.
+        body["control"] = [{**entry, "image": _image_text(entry["image"])}
+                           for entry in body["control"]]
     files: dict[str, tuple[str | None, bytes, str]] = {}
     for name in IMAGE_FIELDS:
         value = body.get(name)
@@ -52,6 +57,16 @@ def submit_arguments(fields: Mapping[str, Any]) -> dict[str, Any]:
     if not files:
         return {"json": body}
     return {"files": {"request": (None, json.dumps(body).encode(), "application/json"), **files}}
+
+
+def _image_text(image: Any) -> Any:
+    """A control image as the API takes it: bytes or a path become base64; text (base64
+    or ``job:<id>/<index>``) is sent as it is."""
+    if isinstance(image, os.PathLike):
+        image = Path(image).read_bytes()
+    if isinstance(image, bytes | bytearray):
+        return base64.b64encode(bytes(image)).decode("ascii")
+    return image
 
 
 def _job_path(job_id: str) -> str:

@@ -278,3 +278,19 @@ async def test_the_async_client_submits_waits_streams_and_raises_alike() -> None
         with pytest.raises(LatentdError) as raised:
             await client.image(JOB_ID, 0)
     assert raised.value.code == "image_not_found"
+
+
+def test_control_images_are_sent_as_base64_inside_the_json(tmp_path: Path) -> None:
+    image = tmp_path / "edges.png"
+    image.write_bytes(b"\x89PNG edges")
+    seen, transport = recording(lambda r: httpx.Response(202, json=job_json()))
+    with Client("http://svc", transport=transport) as client:
+        client.submit("a cat", loras=[{"name": "ink", "scale": 0.5}], control=[
+            {"model": "canny", "image": image, "scale": 0.8},
+            {"model": "depth", "image": b"raw"},
+            {"model": "pose", "image": f"job:{JOB_ID}/0"}])
+    body = json.loads(seen[0].content)
+    assert body["loras"] == [{"name": "ink", "scale": 0.5}]
+    assert [c["image"] for c in body["control"]] == [
+        "iVBORyBlZGdlcw==", "cmF3", f"job:{JOB_ID}/0"]
+    assert body["control"][0]["scale"] == 0.8
