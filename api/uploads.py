@@ -16,6 +16,7 @@ from starlette.types import Message
 
 from api.errors import InvalidInput, TooLarge
 from api.services.images import MAX_IMAGE_BYTES
+from api.services.jobs import JOB_IMAGE_PREFIX
 
 # A multipart submit: the JSON body's fields as one `request` part (JSON text), each input
 # image as a file part. It is read into the JSON body it stands for, so both kinds of body
@@ -64,12 +65,18 @@ async def _form_as_json(request: Request) -> bytes:
     async with request.form(max_files=_MAX_PARTS, max_fields=_MAX_PARTS) as form:
         body = await _request_part(form)
         for name in _IMAGE_PARTS:
-            if name in body:
+            # A job's image is named inside the request part: there is no file to send.
+            names_job_image = name == "init_image" and str(body.get(name, "")).startswith(
+                JOB_IMAGE_PREFIX)
+            if name in body and not names_job_image:
                 raise InvalidInput("invalid_request", f"{name}: in a multipart body, send the "
                                    "image as a file part, not inside 'request'", name)
             part = form.get(name)
             if part is None:
                 continue
+            if names_job_image:
+                raise InvalidInput("invalid_request", f"{name} names a job image and is sent "
+                                   "as a file part too; send one of them", name)
             if not isinstance(part, UploadFile):
                 raise InvalidInput("invalid_request", f"{name} must be a file part "
                                    f"(curl -F {name}=@image.png)", name)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # settings import this module for the default model's name
 TINY_RANDOM = "tiny-random"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 EMOJI = "emoji"
+EMOJI_UPSCALER = "emoji-upscaler"
 EMBEDDED_PREFIX = "builtin:"
 
 # The model a request that names none gets: the embedded one, so the first prompt works
@@ -39,6 +40,17 @@ DEFAULT_MODEL = EMOJI
 # The emoji model's classifier-free guidance scale with the best top-5 (and skin-tone-free
 # top-1) in `python -m models.evaluate` on the committed weights; 3.0 ties on top-1.
 EMOJI_GUIDANCE_SCALE = 5.0
+# What a spec serves when it names no tasks: every task but upscale, which only a model
+# made for it can run.
+# The embedded upscaler's run (models/upscaler_pipeline.py: DEFAULT_STEPS, its config's
+# default_noise_level and max_noise_level; tests/worker/test_emoji_upscaler.py checks that
+# these agree with it).
+EMOJI_UPSCALER_STEPS = 4
+EMOJI_UPSCALER_NOISE_LEVEL = 0
+EMOJI_UPSCALER_MAX_NOISE_LEVEL = 350
+DEFAULT_TASKS: tuple[Task, ...] = tuple(
+    task for task in Task if task is not Task.UPSCALE and task not in VIDEO_TASKS)
+UPSCALE_SCALES = (2, 4)
 
 
 
@@ -83,8 +95,9 @@ class ModelSpec(BaseModel):
     # (.safetensors/.ckpt), or a hub id ("org/name").
     source: str
     family: ModelFamily = ModelFamily.OTHER
-    # Image models by default; a video model says so (family_defaults does, from its folder).
-    tasks: list[Task] = Field(default_factory=lambda: [t for t in Task if t not in VIDEO_TASKS])
+    # Image models by default; a video or upscale model says so (family_defaults does, from
+    # its folder).
+    tasks: list[Task] = Field(default_factory=lambda: list(DEFAULT_TASKS))
     default_width: int = 512
     default_height: int = 512
     # Below this the UNet's deepest level is one pixel, where its normalisation has
@@ -124,6 +137,17 @@ class ModelSpec(BaseModel):
     frame_step: int = Field(1, ge=1, le=16)
     default_fps: int = Field(8, ge=1, le=MAX_FPS)
     max_fps: int = Field(30, ge=1, le=MAX_FPS)
+    # Upscale models (tasks ["upscale"]) only; for them min_*/max_* bound the *output*.
+    # scales: the factors served. default_noise_level/max_noise_level: the noise added to
+    # the input before denoising, and its upper bound (None: the model takes no noise
+    # level). tile_size: the largest input side (pixels) run in one piece; a larger input
+    # is cut into tile_size squares overlapping by tile_overlap pixels, so memory stays
+    # bounded however large the input (None: never tiled).
+    scales: list[int] = Field(default_factory=list)
+    default_noise_level: int | None = Field(None, ge=0)
+    max_noise_level: int | None = Field(None, ge=0)
+    tile_size: int | None = Field(None, ge=16, multiple_of=8)
+    tile_overlap: int | None = Field(None, ge=0, multiple_of=8)
     description: str = ""
 
     # How the worker loads it (worker/pipelines.py); not part of what /v1/models shows.
@@ -163,6 +187,7 @@ class ModelSpec(BaseModel):
         if self.true_cfg and self.guidance is GuidanceKind.CLASSIFIER_FREE:
             raise ValueError("true_cfg is for distilled or no guidance; classifier-free "
                              "models use guidance_scale itself")
+        self._check_upscale()
         unknown = [name for name in self.schedulers if name not in SCHEDULERS]
         if unknown or not self.schedulers:
             raise ValueError(
@@ -183,6 +208,22 @@ class ModelSpec(BaseModel):
         if self.default_fps > self.max_fps:
             raise ValueError("default_fps must be at most max_fps")
         return self
+
+    def _check_upscale(self) -> None:
+        if Task.UPSCALE not in self.tasks:
+            if self.scales:
+                raise ValueError("scales are for upscale models (tasks [\"upscale\"])")
+            return
+        if self.tasks != [Task.UPSCALE]:
+            raise ValueError("an upscale model serves task 'upscale' alone")
+        if not self.scales or any(scale not in UPSCALE_SCALES for scale in self.scales):
+            raise ValueError(f"an upscale model needs scales, each one of {UPSCALE_SCALES}")
+        if (self.default_noise_level is None) != (self.max_noise_level is None):
+            raise ValueError("default_noise_level and max_noise_level go together")
+        if (self.default_noise_level or 0) > (self.max_noise_level or 0):
+            raise ValueError("default_noise_level must not exceed max_noise_level")
+        if self.tile_size is not None and 2 * (self.tile_overlap or 0) > self.tile_size:
+            raise ValueError("tile_overlap must be at most half of tile_size")
 
     @property
     def serves_video(self) -> bool:
@@ -228,6 +269,31 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
             "Tiny demo model trained by this project on Noto Color Emoji (64×64, CPU-fast). "
             "For real work point LATENTD_MODELS at SD 1.5 / SDXL / Flux weights."
         ),
+    ),
+    EMOJI_UPSCALER: ModelSpec(
+        name=EMOJI_UPSCALER,
+        source=EMBEDDED_PREFIX + EMOJI_UPSCALER,
+        tasks=[Task.UPSCALE],
+        scales=[2],
+        # Output bounds: inputs of 8 to 256 pixels a side.
+        default_width=128,
+        default_height=128,
+        min_width=16,
+        min_height=16,
+        max_width=512,
+        max_height=512,
+        default_steps=EMOJI_UPSCALER_STEPS,
+        default_guidance_scale=0.0,
+        default_scheduler="ddim",
+        # Samplers of its v-prediction cosine schedule that it runs well (and the tests run).
+        schedulers=["ddim", "ddpm", "euler", "dpmpp_2m"],
+        guidance=GuidanceKind.NONE,
+        default_noise_level=EMOJI_UPSCALER_NOISE_LEVEL,
+        max_noise_level=EMOJI_UPSCALER_MAX_NOISE_LEVEL,
+        # Trained on 64×64 emoji: larger inputs run as 64-pixel tiles.
+        tile_size=64,
+        tile_overlap=16,
+        description="2× upscaler trained by this project on Noto Color Emoji (64→128, CPU-fast).",
     ),
     TINY_RANDOM: ModelSpec(
         name=TINY_RANDOM,
@@ -284,6 +350,11 @@ class ModelRegistry:
                         f"{settings.model_origin(name)} is invalid: family: {family!r} is not "
                         f"one of {', '.join(ModelFamily)}")
                 fields = _with_defaults(family_defaults(str(where), family), fields)
+                builtin = BUILTIN_MODELS.get(fields["source"].removeprefix(EMBEDDED_PREFIX))
+                if builtin is not None and builtin.source == fields["source"]:
+                    # A built-in under another name (e.g. with another tile) starts from
+                    # the built-in's own spec.
+                    fields = {**builtin.model_dump(exclude={"name", "source"}), **fields}
             try:
                 specs[name] = ModelSpec(name=name, **fields)
             except ValidationError as exc:
@@ -326,8 +397,9 @@ REFINER_NEGATIVE_AESTHETIC_SCORE = 2.5
 _NOISE = list(NOISE_SCHEDULERS)
 # Flux passes its own sigmas to the scheduler, which Heun's cannot take.
 _FLUX_SCHEDULERS = ["flow_match_euler", "flow_match_dpmpp_2m"]
-# Every image task (video models say so themselves: VIDEO_PIPELINES).
-_ALL_TASKS = [task for task in Task if task not in VIDEO_TASKS]
+# Every image task but upscale (video and upscale models say so themselves:
+# VIDEO_PIPELINES, UPSCALE_PIPELINES).
+_ALL_TASKS = list(DEFAULT_TASKS)
 
 # What each family runs at, as its reference pipelines and model cards do. A local
 # folder's own configs then set the sizes (sample size × VAE factor) and, for Flux, the
@@ -418,6 +490,33 @@ VIDEO_PIPELINES: dict[str, dict[str, object]] = {
     },
 }
 
+# Upscale pipelines by the class model_index.json names, and the spec each implies:
+# diffusers' own call defaults (guidance, noise level), a tile the model runs well at,
+# and outputs up to 2048 pixels a side (the input up to 512 for x4, 1024 for x2).
+UPSCALE_PIPELINES: dict[str, dict[str, object]] = {
+    # SD x4 upscaler: prompt-conditioned, adds noise_level of noise to the low-res input;
+    # its latents are the input's size, so a 128-pixel tile is a 512-pixel output tile.
+    "StableDiffusionUpscalePipeline": {
+        "tasks": [Task.UPSCALE], "scales": [4], "default_steps": 50,
+        "default_guidance_scale": 9.0, "default_scheduler": "ddim",
+        "default_noise_level": 20, "max_noise_level": 350,
+        "tile_size": 128, "tile_overlap": 32,
+        "min_width": 64, "min_height": 64, "max_width": 2048, "max_height": 2048,
+        "default_width": 512, "default_height": 512,
+    },
+    # SD latent x2 upscaler: a Karras-preconditioned Euler model (its loop reads the
+    # Euler sigmas, so no other sampler runs it), no noise level; run unguided by default
+    # as diffusers' example does.
+    "StableDiffusionLatentUpscalePipeline": {
+        "tasks": [Task.UPSCALE], "scales": [2], "default_steps": 20,
+        "default_guidance_scale": 0.0, "default_scheduler": "euler", "schedulers": ["euler"],
+        "tile_size": 512, "tile_overlap": 64,
+        "min_width": 64, "min_height": 64, "max_width": 2048, "max_height": 2048,
+        "default_width": 1024, "default_height": 1024,
+    },
+}
+
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
@@ -485,6 +584,14 @@ def family_defaults(source: str, family: str | None = None) -> dict[str, object]
     defaults.update(VIDEO_PIPELINES.get(pipeline, {}))
     if scheduler.get("_class_name") == "CogVideoXDPMScheduler":  # CogVideoX-5b ships DPM
         defaults["default_scheduler"] = "dpmpp_2m"
+    upscale = UPSCALE_PIPELINES.get(
+        str(_read_json(folder / "model_index.json").get("_class_name", "")))
+    if upscale is not None:
+        # An upscale pipeline serves upscale alone, at its scale, with its tile.
+        defaults.update(upscale)
+        max_noise_level = _read_json(folder / "model_index.json").get("max_noise_level")
+        if isinstance(max_noise_level, int) and "max_noise_level" in upscale:
+            defaults["max_noise_level"] = max_noise_level  # the pipeline's own bound
     return defaults
 
 

@@ -1,7 +1,8 @@
 """A request plus its model's spec → the job's complete plan. Pure: no I/O, no torch.
 
-Everything a job *means* is decided here, once: defaults, sizes (outpaint included),
-a video's frames and fps, the output format, every seed, and the strength, scheduler and negative prompt that will actually be used.
+Everything a job *means* is decided here, once: defaults, sizes (outpaint and upscale
+included, with the upscale tiling), a video's frames and fps, the output format, every seed,
+and the strength, scheduler and negative prompt that will actually be used.
 Each rule that joins fields or depends on the model is checked here and refused with
 ``PlanError`` naming the field. Where the service must change a request to run it, the
 change is made here and reported as a ``PlanWarning``; the worker then runs the plan as
@@ -34,6 +35,7 @@ from shared.schemas import (
     PlanWarning,
     RefinerPlan,
     Task,
+    UpscaleTiling,
 )
 
 # Image-to-image and inpaint keep a quarter of the init image's structure by default.
@@ -47,6 +49,9 @@ CFG_THRESHOLD = 1.0
 SIZE_MULTIPLE = 8
 # Tasks that start from pure noise and a prompt alone (no input image).
 _TEXT_TASKS = (Task.TEXT_TO_IMAGE, Task.TEXT_TO_VIDEO)
+# The largest upscale input (pixels): with tiling the memory stays bounded, but the time
+# grows with the area, and one job should not hold a worker for hours.
+MAX_UPSCALE_INPUT_PIXELS = 1024 * 1024
 
 # A field the model can *never* use is refused (422): the request was written for another
 # kind of model, and its author should know before paying for an image. A negative prompt
@@ -100,7 +105,13 @@ def plan_job(
     warnings: list[PlanWarning] = []
     _check_task(request, spec)
     _check_inputs(request, init_size)
-    width, height, input_size = _sizes(request, spec, init_size)
+    if request.task is Task.UPSCALE:
+        _check_upscale_fields(request)
+    elif request.prompt is None:
+        raise PlanError("prompt", "missing_input",
+                        f"prompt is required for task '{request.task.value}'")
+    scale = _scale(request, spec)
+    width, height, input_size = _sizes(request, spec, init_size, scale)
     num_frames, fps = _video(request, spec, width, height, max_video_pixels)
     steps = request.steps or spec.default_steps
     guidance_scale = _guidance_scale(request, spec)
@@ -109,7 +120,7 @@ def plan_job(
     plan = JobPlan(
         task=request.task,
         model=spec.name,
-        prompt=request.prompt,
+        prompt=request.prompt or "",
         negative_prompt=negative_prompt,
         width=width,
         height=height,
@@ -133,6 +144,9 @@ def plan_job(
         refiner=_refiner(request, spec, refiner_spec, steps),
         loras=_loras(request, spec, adapters or Adapters()),
         control=_controls(request, spec, adapters or Adapters()),
+        scale=scale,
+        noise_level=_noise_level(request, spec),
+        tile=_tiling(spec, input_size) if scale is not None else None,
     )
     return PlannedJob(plan=plan, warnings=warnings, input_size=input_size)
 
@@ -218,8 +232,10 @@ def _check_inputs(request: GenerationRequest, init_size: tuple[int, int] | None)
                         f"init_image is required for task '{task.value}'")
     if task is Task.INPAINT and request.mask_image is None:
         raise PlanError("mask_image", "missing_input", "mask_image is required for task 'inpaint'")
-    if task in (Task.IMAGE_TO_IMAGE, Task.OUTPAINT) and request.mask_image is not None:
-        # Image-to-image has no mask and outpaint makes its own: refuse rather than ignore.
+    if task in (Task.IMAGE_TO_IMAGE, Task.OUTPAINT, Task.UPSCALE) and (
+            request.mask_image is not None):
+        # Image-to-image and upscale have no mask, outpaint makes its own: refuse rather
+        # than ignore.
         raise PlanError("mask_image", "unexpected_input",
                         f"mask_image is only used by task 'inpaint', not '{task.value}'")
     margins = request.outpaint
@@ -231,8 +247,63 @@ def _check_inputs(request: GenerationRequest, init_size: tuple[int, int] | None)
                         "outpaint margins are only used by task 'outpaint'")
 
 
+def _check_upscale_fields(request: GenerationRequest) -> None:
+    """Fields upscale has no use for are refused, not ignored: the output size is the
+    input's times the scale, and the whole image is re-made (no strength, no mask)."""
+    for name, reason in (
+        ("width", "the output is init_image's size times scale"),
+        ("height", "the output is init_image's size times scale"),
+        ("strength", "upscale re-draws the whole image at the new size"),
+    ):
+        if getattr(request, name) is not None:
+            raise PlanError(name, "unexpected_input", f"{name} is not used by upscale: {reason}")
+
+
+def _scale(request: GenerationRequest, spec: ModelSpec) -> int | None:
+    """The upscale factor (the model's first when not asked); None for other tasks."""
+    if request.task is not Task.UPSCALE:
+        for name in ("scale", "noise_level"):
+            if getattr(request, name) is not None:
+                raise PlanError(name, "unexpected_input",
+                                f"{name} is only used by task 'upscale'")
+        return None
+    scale = request.scale if request.scale is not None else spec.scales[0]
+    if scale not in spec.scales:
+        served = ", ".join(str(s) for s in spec.scales)
+        raise PlanError("scale", "unsupported_scale",
+                        f"model '{spec.name}' does not upscale by {scale} (scales: {served})")
+    return scale
+
+
+def _noise_level(request: GenerationRequest, spec: ModelSpec) -> int | None:
+    if request.task is not Task.UPSCALE:
+        return None
+    asked = request.noise_level
+    if spec.max_noise_level is None:
+        if asked is not None:
+            raise PlanError("noise_level", "unexpected_input",
+                            f"model '{spec.name}' takes no noise_level")
+        return None
+    if asked is None:
+        return spec.default_noise_level
+    if asked > spec.max_noise_level:
+        raise PlanError("noise_level", "noise_level_too_high",
+                        f"noise_level {asked} is over model '{spec.name}' maximum of "
+                        f"{spec.max_noise_level}")
+    return asked
+
+
+def _tiling(spec: ModelSpec, input_size: tuple[int, int] | None) -> UpscaleTiling | None:
+    """Tiles when the input is larger than the model's tile, else None (one piece)."""
+    assert input_size is not None
+    if spec.tile_size is None or max(input_size) <= spec.tile_size:
+        return None
+    return UpscaleTiling(size=spec.tile_size, overlap=spec.tile_overlap or 0)
+
+
 def _sizes(
-    request: GenerationRequest, spec: ModelSpec, init_size: tuple[int, int] | None
+    request: GenerationRequest, spec: ModelSpec, init_size: tuple[int, int] | None,
+    scale: int | None = None,
 ) -> tuple[int, int, tuple[int, int] | None]:
     """(output width, output height, input image size) for the task."""
     for name in ("width", "height"):
@@ -247,6 +318,9 @@ def _sizes(
         _check_fits(spec, width, height, "width", "height")
         return width, height, None
     assert init_size is not None  # _check_inputs guarantees it
+    if request.task is Task.UPSCALE:
+        assert scale is not None
+        return _upscale_sizes(spec, init_size, scale)
     inner = image_task_size(init_size, request.width, request.height, spec.size_multiple)
     given = request.width is not None or request.height is not None
     # A size derived from the image is the image's fault, not the size fields'.
@@ -264,6 +338,25 @@ def _sizes(
                             f"of {spec.size_multiple}, which model '{spec.name}' needs: "
                             "make left+right and top+bottom multiples of it")
     _check_fits(spec, width, height, *fields)
+    return width, height, inner
+
+
+def _upscale_sizes(
+    spec: ModelSpec, init_size: tuple[int, int], scale: int
+) -> tuple[int, int, tuple[int, int]]:
+    if init_size[0] * init_size[1] > MAX_UPSCALE_INPUT_PIXELS:
+        raise PlanError("init_image", "size_too_large",
+                        f"init_image is {init_size[0]}x{init_size[1]}; upscale takes at most "
+                        f"{MAX_UPSCALE_INPUT_PIXELS} pixels")
+    # The input runs at its own size to a multiple of 8 (the model's latent grid).
+    inner = image_task_size(init_size, None, None, spec.size_multiple)
+    width, height = inner[0] * scale, inner[1] * scale
+    try:
+        _check_fits(spec, width, height, "init_image", "init_image")
+    except PlanError as exc:
+        raise PlanError(exc.field, exc.code,
+                        f"init_image {inner[0]}x{inner[1]} upscaled {scale}x: {exc.message}"
+                        ) from None
     return width, height, inner
 
 
@@ -421,6 +514,8 @@ def _seeds(first: int, count: int) -> list[int]:
 
 def _strength(request: GenerationRequest, steps: int, warnings: list[PlanWarning]) -> float | None:
     task, asked = request.task, request.strength
+    if task is Task.UPSCALE:
+        return None  # refused when asked (_check_upscale_fields)
     if task in _TEXT_TASKS:
         if asked is not None:
             warnings.append(PlanWarning(

@@ -23,6 +23,7 @@ class Task(StrEnum):
     IMAGE_TO_IMAGE = "image-to-image"
     INPAINT = "inpaint"
     OUTPAINT = "outpaint"
+    UPSCALE = "upscale"
     TEXT_TO_VIDEO = "text-to-video"
 
 
@@ -139,6 +140,14 @@ class OutpaintMargins(BaseModel):
     bottom: int = Field(0, ge=0, le=1024, multiple_of=8, strict=True)
 
 
+class UpscaleTiling(BaseModel):
+    """How an upscale input larger than the model's tile is cut: square tiles of ``size``
+    input pixels, neighbours sharing ``overlap`` pixels that are blended when joined."""
+
+    size: int
+    overlap: int
+
+
 class WebhookSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -200,7 +209,10 @@ class GenerationRequest(BaseModel):
 
     task: Task = Task.TEXT_TO_IMAGE
     model: str | None = Field(None, min_length=1, max_length=100)
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    # Required for every task but upscale, which may run without one (``shared.plan``).
+    prompt: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS,
+        description="What to draw. Required for every task except upscale.")
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     # Numbers are strict: JSON true/false or "3" are refused, not read as 1, 0 or 3.
     width: int | None = Field(None, ge=8, multiple_of=8, strict=True)
@@ -214,11 +226,18 @@ class GenerationRequest(BaseModel):
     loras: list[LoraRequest] = Field(default_factory=list, max_length=MAX_LORAS)
     control: list[ControlRequest] = Field(default_factory=list, max_length=MAX_CONTROLS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True)
-    init_image: str | None = Field(None, max_length=MAX_IMAGE_B64_CHARS)
+    init_image: str | None = Field(
+        None, max_length=MAX_IMAGE_B64_CHARS,
+        description="Base64 (or a data: URL) of a PNG, JPEG or WebP image, or "
+                    "`job:<job id>/<index>` to use an image of one of your finished jobs.")
     mask_image: str | None = Field(None, max_length=MAX_IMAGE_B64_CHARS)
     strength: float | None = Field(None, gt=0, le=1, strict=True)
     outpaint: OutpaintMargins | None = None
     refiner: RefinerRequest | None = None
+    # Upscale only: the factor (one the model serves) and, for models that take one, how
+    # much noise is added to the input first (more: more invented detail).
+    scale: int | None = Field(None, ge=2, le=4, strict=True)
+    noise_level: int | None = Field(None, ge=0, le=1000, strict=True)
     num_frames: int | None = Field(
         None, ge=1, le=MAX_FRAMES, strict=True,
         description="text-to-video: frames per video (default and bounds: the model's, "
@@ -317,6 +336,11 @@ class JobPlan(BaseModel):
     # groups plans into one batch must include both.
     loras: list[LoraRequest] = Field(default_factory=list)
     control: list[ControlSettings] = Field(default_factory=list)
+    # Upscale only (None for every other task): the factor, the noise level given to the
+    # model (None when it takes none) and the tiling (None: the input ran in one piece).
+    scale: int | None = None
+    noise_level: int | None = None
+    tile: UpscaleTiling | None = None
 
 
 class RefinerPlan(BaseModel):
@@ -481,4 +505,9 @@ class ModelInfo(BaseModel):
     frame_step: int | None = None
     default_fps: int | None = None
     max_fps: int | None = None
+    scales: list[int] = Field(default_factory=list)
+    default_noise_level: int | None = None
+    max_noise_level: int | None = None
+    tile_size: int | None = None
+    tile_overlap: int | None = None
     description: str = ""

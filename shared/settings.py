@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.heartbeat import HEARTBEAT_INTERVAL_SECONDS, MISSED_BEATS
-from shared.model_registry import DEFAULT_MODEL
+from shared.model_registry import DEFAULT_MODEL, EMOJI, EMOJI_UPSCALER
 
 
 class Settings(BaseSettings):
@@ -191,8 +191,14 @@ class Settings(BaseSettings):
 
     @property
     def served_models(self) -> list[str]:
-        """Models a generation worker started with these settings loads."""
-        return self.worker_models or [self.default_model]
+        """Models a generation worker started with these settings loads: the listed ones,
+        else the default model, with the embedded upscaler beside the embedded emoji model
+        (so that ``make run`` upscales what it draws)."""
+        if self.worker_models:
+            return self.worker_models
+        if self.default_model == EMOJI:
+            return [EMOJI, EMOJI_UPSCALER]
+        return [self.default_model]
 
     @property
     def heartbeat_ttl_seconds(self) -> float:

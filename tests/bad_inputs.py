@@ -49,6 +49,8 @@ for _ in range(300):
     _level = _level["k"]
 IMG2IMG = {**OK, "task": "image-to-image"}
 INIT = png_b64((64, 64))
+UPSCALE = {"task": "upscale", "model": "emoji-upscaler", "init_image": INIT}
+MISSING_JOB = "job:job_0123456789abcdef01234567/0"
 
 # (case, body, status, field, code or None)
 BAD_INPUTS = [
@@ -197,6 +199,34 @@ BAD_INPUTS += [
      "refiner", "unsupported_refiner"),
     ("refiner switch at 1", {**OK, "refiner": {"model": "x", "switch_at": 1}}, 422,
      "refiner.switch_at", None),
+    ("upscale without init image", {"task": "upscale", "model": "emoji-upscaler"}, 422,
+     "init_image", "missing_input"),
+    ("upscale on a model that does not", {**UPSCALE, "model": None}, 422, "task",
+     "unsupported_task"),
+    ("upscale scale the model does not serve", {**UPSCALE, "scale": 4}, 422, "scale",
+     "unsupported_scale"),
+    ("upscale scale 3", {**UPSCALE, "scale": 3}, 422, "scale", None),
+    ("upscale scale as a string", {**UPSCALE, "scale": "2"}, 422, "scale", None),
+    ("upscale noise level over the model max", {**UPSCALE, "noise_level": 999}, 422,
+     "noise_level", "noise_level_too_high"),
+    ("upscale noise level as a float", {**UPSCALE, "noise_level": 2.5}, 422, "noise_level",
+     None),
+    ("upscale with width", {**UPSCALE, "width": 128}, 422, "width", "unexpected_input"),
+    ("upscale with strength", {**UPSCALE, "strength": 0.5}, 422, "strength",
+     "unexpected_input"),
+    ("upscale with a mask", {**UPSCALE, "mask_image": INIT}, 422, "mask_image",
+     "unexpected_input"),
+    ("upscale with outpaint margins", {**UPSCALE, "outpaint": {"left": 8}}, 422, "outpaint",
+     "unexpected_input"),
+    ("upscale output over the model max", {**UPSCALE, "init_image": png_b64((264, 64))}, 422,
+     "init_image", "size_too_large"),
+    ("scale on text-to-image", {**OK, "scale": 2}, 422, "scale", "unexpected_input"),
+    ("text-to-image on an upscale model", {**OK, "model": "emoji-upscaler"}, 422, "task",
+     "unsupported_task"),
+    ("init image naming a job badly", {**UPSCALE, "init_image": "job:nope/0"}, 422,
+     "init_image", "invalid_image"),
+    ("init image naming no job", {**UPSCALE, "init_image": MISSING_JOB}, 404, "init_image",
+     "job_not_found"),
 ]
 # Adapters (the service these run against offers no LoRA and no ControlNet).
 CONTROL = {"model": "canny", "image": INIT}

@@ -26,11 +26,12 @@ from worker.control import ControlNets, control_kwargs
 from worker.images import outpaint_canvas
 from worker.pipelines import LoadedModel
 from worker.schedulers import make_scheduler
+from worker.upscale import upscale
 
 # on_step(step, total_steps) -> True to stop the run (the job's cancel flag is set).
 OnStep = Callable[[int, int], bool]
 
-_IMAGE_TASKS = (Task.IMAGE_TO_IMAGE, Task.INPAINT, Task.OUTPAINT)
+_IMAGE_TASKS = (Task.IMAGE_TO_IMAGE, Task.INPAINT, Task.OUTPAINT, Task.UPSCALE)
 
 
 class GenerationCanceled(Exception):
@@ -194,6 +195,14 @@ class GenerationEngine:
         # 1. Check inputs
         self.check_inputs(plan, init_image, mask_image, control_images)
         model = self.models[plan.model]
+        if plan.task is Task.UPSCALE:  # tiled, one run per tile: worker/upscale.py
+            assert init_image is not None
+            with self._lock:
+                result = upscale(model, plan, init_image, on_step or _never_cancel)
+            if result.canceled_at is not None:
+                raise GenerationCanceled(*result.canceled_at)
+            return [GeneratedImage(image=image, seed=seed)
+                    for image, seed in zip(result.images, plan.seeds, strict=True)]
         pipe = model.pipeline_for(plan.task)
         assert pipe is not None  # check_inputs guarantees it
         if plan.task in VIDEO_TASKS:
@@ -364,7 +373,11 @@ def _guidance_inputs(plan: JobPlan, pipe: DiffusionPipeline) -> dict[str, Any]:
 
 
 def _input_size(plan: JobPlan) -> tuple[int, int]:
-    """The size the plan's input images were stored at (outpaint: inside the margins)."""
+    """The size the plan's input images were stored at (outpaint: inside the margins;
+    upscale: the output's over the scale)."""
+    if plan.task is Task.UPSCALE:
+        assert plan.scale is not None
+        return plan.width // plan.scale, plan.height // plan.scale
     if plan.task is Task.OUTPAINT:
         assert plan.outpaint is not None
         margins = plan.outpaint

@@ -84,6 +84,12 @@ def parameters_text(plan: JobPlan, seed: int) -> str:
             f'ControlNet {index}: "Model: {control.model}, Weight: {control.scale:g}, '
             f'Guidance Start: {control.start:g}, Guidance End: {control.end:g}"'
         )
+    if plan.scale is not None:
+        fields.append(f"Upscale: {plan.scale}x")
+        if plan.noise_level is not None:
+            fields.append(f"Noise level: {plan.noise_level}")
+        fields.append(f"Tiles: {plan.tile.size}px overlap {plan.tile.overlap}px"
+                      if plan.tile else "Tiles: none")
     lines.append(", ".join(fields))
     return "\n".join(lines)
 

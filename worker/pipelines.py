@@ -1,9 +1,11 @@
 """Model sources → loaded diffusers pipelines: one text-to-image load per model, with the
-image-to-image and inpaint variants built on the same weights (``from_pipe``).
+image-to-image and inpaint variants built on the same weights (``from_pipe``); upscale
+models load as their own upscale pipeline instead.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from collections.abc import Mapping
@@ -23,7 +25,9 @@ from diffusers import (
     FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    StableDiffusionLatentUpscalePipeline,
     StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -31,7 +35,14 @@ from diffusers import (
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from shared.model_registry import EMBEDDED_PREFIX, EMOJI, TINY_RANDOM, ModelFamily, ModelSpec
+from shared.model_registry import (
+    EMBEDDED_PREFIX,
+    EMOJI,
+    EMOJI_UPSCALER,
+    TINY_RANDOM,
+    ModelFamily,
+    ModelSpec,
+)
 from shared.schemas import Task
 from shared.settings import Settings
 from worker import fast_path
@@ -41,6 +52,8 @@ logger = logging.getLogger(__name__)
 TINY_RANDOM_SEED = 0
 # CLIP's context length: prompts are truncated to it, like Stable Diffusion's.
 TINY_MAX_TOKENS = 77
+# The diffusers pipeline classes an upscale model's folder may hold.
+UPSCALE_PIPELINE_CLASSES = (StableDiffusionUpscalePipeline, StableDiffusionLatentUpscalePipeline)
 
 
 class ModelLoadError(RuntimeError):
@@ -49,19 +62,22 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    """One model's pipelines, all sharing the same weights on one device."""
+    """One model's pipelines, all sharing the same weights on one device (an upscale
+    model has its upscale pipeline alone)."""
 
     spec: ModelSpec
     # None for a model that only refines (the SDXL refiner).
     text_to_image: DiffusionPipeline | None
     image_to_image: DiffusionPipeline | None
     inpaint: DiffusionPipeline | None
-    # The scheduler config the model shipped with: every run's scheduler starts from it.
+    # The scheduler config the model shipped with: every run's scheduler starts from it
+    # (empty for a pipeline without a diffusers scheduler).
     scheduler_config: Mapping[str, Any]
     device: torch.device
     dtype: torch.dtype
     # A video model's pipeline (worker/video.py loads it); None for image models.
     text_to_video: DiffusionPipeline | None = None
+    upscale: DiffusionPipeline | None = None
 
     def pipeline_for(self, task: Task) -> DiffusionPipeline | None:
         """The pipeline that runs ``task`` (outpaint is inpainting a padded canvas)."""
@@ -73,6 +89,7 @@ class LoadedModel:
             Task.INPAINT: self.inpaint,
             Task.OUTPAINT: self.inpaint,
             Task.TEXT_TO_VIDEO: self.text_to_video,
+            Task.UPSCALE: self.upscale,
         }[task]
 
 
@@ -104,6 +121,8 @@ def load_pipeline(spec: ModelSpec, settings: Settings) -> LoadedModel:
     configure_torch(settings)
     device = torch.device(settings.device)
     dtype = torch_dtype_for(settings.device, spec)
+    if Task.UPSCALE in spec.tasks:
+        return _load_upscale(spec, device, dtype)
     pipe = _load(spec, dtype)
     _place(pipe, spec, device, fast_path.fast_path_for(settings))
     pipe.set_progress_bar_config(disable=True)
@@ -151,6 +170,61 @@ def _place(pipe: DiffusionPipeline, spec: ModelSpec, device: torch.device,
     if spec.vae_tiling:
         pipe.vae.enable_tiling()
     fast_path.tune(pipe, tuning)
+
+
+def _load_upscale(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """An upscale model: its own pipeline class, never a text-to-image one."""
+    pipe = _load_upscale_pipeline(spec, dtype)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    logger.info(
+        "loaded upscale model %s (%s) as %s on %s/%s",
+        spec.name, spec.source, type(pipe).__name__, device, str(dtype).removeprefix("torch."),
+    )
+    scheduler = getattr(pipe, "scheduler", None)
+    return LoadedModel(
+        spec=spec, text_to_image=None, image_to_image=None, inpaint=None, upscale=pipe,
+        scheduler_config=dict(scheduler.config) if scheduler is not None else {},
+        device=device, dtype=dtype,
+    )
+
+
+def _load_upscale_pipeline(spec: ModelSpec, dtype: torch.dtype) -> DiffusionPipeline:
+    source = spec.source
+    if source == EMBEDDED_PREFIX + EMOJI_UPSCALER:
+        return _load_emoji_upscaler(dtype)
+    if source.startswith(EMBEDDED_PREFIX):
+        raise ModelLoadError(f"model '{spec.name}': {source!r} is not an upscale model")
+    path = Path(source).expanduser()
+    if not path.is_dir() and (path.is_absolute() or source.startswith((".", "~"))):
+        raise ModelLoadError(f"model '{spec.name}': directory {source!r} does not exist")
+    local = path.is_dir()
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            path if local else source, dtype=dtype, local_files_only=local)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"model '{spec.name}': {source!r} is not a loadable diffusers pipeline ({exc})"
+            + ("" if local else ". Hub models need network access the first time (or a "
+               "populated HF cache); point the model at a local directory to run offline.")
+        ) from exc
+    if not isinstance(pipe, UPSCALE_PIPELINE_CLASSES):
+        names = ", ".join(c.__name__ for c in UPSCALE_PIPELINE_CLASSES)
+        raise ModelLoadError(f"model '{spec.name}' serves upscale, but {source!r} holds a "
+                             f"{type(pipe).__name__}, not one of {names}")
+    return pipe
+
+
+def _load_emoji_upscaler(dtype: torch.dtype) -> DiffusionPipeline:
+    try:
+        # Imported here, like the emoji model: optional and heavy.
+        module = importlib.import_module("models.upscaler_pipeline")
+    except ImportError as exc:
+        raise ModelLoadError(f"the embedded emoji upscaler is not available: {exc}") from exc
+    try:
+        return module.load_emoji_upscaler_pipeline(dtype=dtype)
+    except OSError as exc:  # weights not trained/shipped yet, or a pinned file mismatch
+        raise ModelLoadError(f"the embedded emoji upscaler could not be loaded: {exc}") from exc
 
 
 def _derive(

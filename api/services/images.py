@@ -27,7 +27,11 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 def decode_image(data: str, field: str, mode: str = "RGB") -> Image.Image:
     """A fully loaded image in ``mode`` from base64 text; 422/413 naming ``field`` otherwise."""
-    raw = _decode_base64(data, field)
+    return decode_image_bytes(_decode_base64(data, field), field, mode)
+
+
+def decode_image_bytes(raw: bytes, field: str, mode: str = "RGB") -> Image.Image:
+    """``decode_image`` of the file's bytes themselves (an image the service stored)."""
     if len(raw) > MAX_IMAGE_BYTES:
         raise TooLarge("image_too_large", f"{field} is larger than 10 MB", field)
     try:

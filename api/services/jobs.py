@@ -23,7 +23,7 @@ from PIL import Image
 
 from api.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 from api.services.auth import Caller
-from api.services.images import decode_image, to_png
+from api.services.images import decode_image, decode_image_bytes, to_png
 from api.services.quotas import QueueCaps
 from api.services.status import ModelAvailability
 from shared.adapters import Adapters
@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 # A worker that is starting loads its weights in seconds to a minute.
 MODEL_RETRY_AFTER_SECONDS = 10
+# ``init_image`` may name an output image of one of the caller's finished jobs instead of
+# carrying one: "job:<job id>/<index>" (_JOB_IMAGE_REFERENCE; base64 has no ':', so it
+# cannot be mistaken).
+JOB_IMAGE_PREFIX = "job:"
 
 
 @dataclass
@@ -116,7 +120,7 @@ class JobService:
             )
         spec = self._model_for(request)
         refiner_spec = self._refiner_for(request)
-        inputs = _decode_inputs(request)
+        inputs = _decode_inputs(request, self._referenced_init_image(request, caller))
         try:
             planned = plan_job(
                 request, spec,
@@ -201,6 +205,36 @@ class JobService:
             return self.registry.get(request.refiner.model)
         except UnknownModel:
             return None
+    def _referenced_init_image(self, request: GenerationRequest, caller: Caller) -> bytes | None:
+        """The bytes of the job image ``init_image`` names (``job:<id>/<index>``), read with
+        the image route's owner check; None when it carries an image (or is unused)."""
+        reference = request.init_image
+        if (request.task is Task.TEXT_TO_IMAGE or reference is None
+                or not reference.startswith(JOB_IMAGE_PREFIX)):
+            return None
+        match = _JOB_IMAGE_REFERENCE.fullmatch(reference)
+        if match is None:
+            raise InvalidInput("invalid_image", "init_image names a job image as "
+                               "job:<job id>/<index>, e.g. job:job_0123456789abcdef01234567/0",
+                               "init_image")
+        job_id, index = match[1], int(match[2])
+        job = self.store.get(job_id)
+        # Another owner's job is reported exactly like a missing one, as the image route does.
+        if job is None or not caller.may_see(job.owner):
+            raise NotFound(f"job '{job_id}' not found", "job_not_found", "init_image")
+        if job.status is not JobStatus.SUCCEEDED:
+            raise InvalidInput("job_not_finished", f"init_image: job '{job_id}' is "
+                               f"{job.status.value}; only a succeeded job's images can be used",
+                               "init_image")
+        info = next((i for i in job.images if i.index == index), None)
+        if info is None:
+            raise InvalidInput("image_not_found", f"init_image: job '{job_id}' has no image "
+                               f"{index} (it has {len(job.images)})", "init_image")
+        try:
+            return self.storage.get(image_key(job_id, index, info.format.value))
+        except KeyError:
+            raise InvalidInput("image_not_found", f"init_image: image {index} of job "
+                               f"'{job_id}' is gone", "init_image") from None
 
     def _control_image(self, image: str, field_name: str, caller: Caller) -> Image.Image:
         """A control image: base64, or ``job:<id>/<index>``, an output of the caller's job."""
@@ -379,15 +413,18 @@ MAX_CONCURRENT_DECODES = 2
 _decoding = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
 
-def _decode_inputs(request: GenerationRequest) -> _Inputs:
-    """Decode only the images the task uses; the plan refuses any other one unread."""
+def _decode_inputs(request: GenerationRequest, init_bytes: bytes | None = None) -> _Inputs:
+    """Decode only the images the task uses; the plan refuses any other one unread.
+    ``init_bytes``: the job image ``init_image`` names, already read."""
     with _decoding:
-        return _decode_task_images(request)
+        return _decode_task_images(request, init_bytes)
 
 
-def _decode_task_images(request: GenerationRequest) -> _Inputs:
+def _decode_task_images(request: GenerationRequest, init_bytes: bytes | None) -> _Inputs:
     inputs = _Inputs()
-    if request.task is not Task.TEXT_TO_IMAGE and request.init_image is not None:
+    if init_bytes is not None:
+        inputs.init = decode_image_bytes(init_bytes, "init_image", "RGB")
+    elif request.task is not Task.TEXT_TO_IMAGE and request.init_image is not None:
         inputs.init = decode_image(request.init_image, "init_image", "RGB")
     if request.task is Task.INPAINT and request.mask_image is not None:
         inputs.mask = decode_image(request.mask_image, "mask_image", "L")

@@ -109,7 +109,8 @@ def test_make_run_serves_readyz_then_stops_everything_on_sigterm(tmp_path, lefto
             assert response.status == 200
         assert (tmp_path / "webhook_secret").read_text().startswith("whsec_")
         assert (tmp_path / "redis" / "appendonlydir").is_dir()
-        assert_default_model_draws_a_red_heart(port)
+        heart = assert_default_model_draws_a_red_heart(port)
+        assert_default_service_upscales(port, heart)
 
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -122,7 +123,7 @@ def test_make_run_serves_readyz_then_stops_everything_on_sigterm(tmp_path, lefto
             process.kill()
 
 
-def assert_default_model_draws_a_red_heart(port: int) -> None:
+def assert_default_model_draws_a_red_heart(port: int) -> str:
     """With no configuration the service answers with the embedded model, recognisably."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/jobs", data=json.dumps({"prompt": "red heart", "seed": 1}).encode(),
@@ -148,3 +149,24 @@ def assert_default_model_draws_a_red_heart(port: int) -> None:
     assert len(drawn) > 64 * 64 // 4
     red, green, blue = (sum(channel) / len(drawn) for channel in zip(*drawn, strict=True))
     assert red > 1.5 * green and red > 1.5 * blue, (red, green, blue)
+    return job["id"]
+
+
+def assert_default_service_upscales(port: int, job_id: str) -> None:
+    """The embedded upscaler is served beside the emoji model: the heart, twice as large."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/jobs", method="POST",
+        data=json.dumps({"task": "upscale", "model": "emoji-upscaler",
+                         "init_image": f"job:{job_id}/0"}).encode(),
+        headers={"content-type": "application/json", "Prefer": "wait=60"},
+    )
+    with urllib.request.urlopen(request, timeout=90) as response:
+        job = json.load(response)
+    deadline = time.monotonic() + 180
+    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+        poll = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/jobs/{job['id']}", headers={"Prefer": "wait=30"})
+        with urllib.request.urlopen(poll, timeout=60) as response:
+            job = json.load(response)
+    assert job["status"] == "succeeded", job
+    assert (job["images"][0]["width"], job["images"][0]["height"]) == (128, 128)

@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from shared.model_registry import (
+    BUILTIN_MODELS,
     DEFAULT_MODEL,
     EMOJI,
+    EMOJI_UPSCALER,
     GuidanceKind,
     ModelRegistry,
     UnknownModel,
     queue_for_model,
 )
-from shared.schemas import NOISE_SCHEDULERS
+from shared.schemas import NOISE_SCHEDULERS, Task
 from shared.settings import Settings
 
 
@@ -51,7 +53,8 @@ def test_an_inconsistent_spec_is_refused() -> None:
 
 
 def test_an_unregistered_default_or_worker_model_names_the_setting() -> None:
-    with pytest.raises(ValueError, match="LATENTD_DEFAULT_MODEL 'nope'.*known: emoji\\)"):
+    with pytest.raises(ValueError,
+                       match="LATENTD_DEFAULT_MODEL 'nope'.*known: emoji, emoji-upscaler\\)"):
         registry(default_model="nope")
     with pytest.raises(ValueError, match="LATENTD_WORKER_MODELS names 'nope'"):
         registry(worker_models="emoji,nope")
@@ -109,3 +112,9 @@ def test_family_sizes_and_tasks_come_from_the_folders_configs(tmp_path: Path) ->
     assert inpaint.tasks == ["inpaint", "outpaint"]  # a 9-channel inpainting UNet
     assert reg.get("refiner").family == "sdxl-refiner"
     assert reg.get("refiner").tasks == ["image-to-image"]
+def test_a_builtin_under_another_name_starts_from_its_spec() -> None:
+    spec = registry(models={"big-tiles": {"source": "builtin:emoji-upscaler",
+                                          "tile_size": 32, "tile_overlap": 8}}).get("big-tiles")
+    assert spec.tasks == [Task.UPSCALE] and spec.scales == [2]
+    assert (spec.tile_size, spec.tile_overlap) == (32, 8)
+    assert spec.default_steps == BUILTIN_MODELS[EMOJI_UPSCALER].default_steps

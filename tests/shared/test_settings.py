@@ -58,3 +58,6 @@ def test_worker_memory_budget_names_itself_when_unreadable(monkeypatch, capsys) 
     assert line.startswith("latentd: invalid configuration: LATENTD_WORKER_MEMORY_BUDGET: ")
     [line] = refusal_lines(monkeypatch, capsys, LATENTD_WORKER_MEMORY_BUDGET="0")
     assert "LATENTD_WORKER_MEMORY_BUDGET" in line
+def test_the_embedded_upscaler_is_served_beside_the_embedded_emoji_model() -> None:
+    assert Settings().served_models == ["emoji", "emoji-upscaler"]
+    assert Settings(worker_models="emoji").served_models == ["emoji"]
