@@ -45,7 +45,7 @@ EMOJI_GUIDANCE_SCALE = 5.0
 # The embedded upscaler's run (models/upscaler_pipeline.py: DEFAULT_STEPS, its config's
 # default_noise_level and max_noise_level; tests/worker/test_emoji_upscaler.py checks that
 # these agree with it).
-EMOJI_UPSCALER_STEPS = 4
+EMOJI_UPSCALER_STEPS = 2
 EMOJI_UPSCALER_NOISE_LEVEL = 0
 EMOJI_UPSCALER_MAX_NOISE_LEVEL = 350
 DEFAULT_TASKS: tuple[Task, ...] = tuple(
