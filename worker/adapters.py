@@ -85,7 +85,8 @@ class LoraAdapters:
 
 def modules_owner(model: LoadedModel) -> DiffusionPipeline:
     """One of the model's pipelines (they all hold the same modules)."""
-    for pipe in (model.text_to_image, model.image_to_image, model.inpaint, model.upscale):
+    for pipe in (model.text_to_image, model.image_to_image, model.inpaint, model.upscale,
+                 model.text_to_video):
         if pipe is not None:
             return pipe
     raise ValueError(f"model '{model.spec.name}' has no pipeline")
