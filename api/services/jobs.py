@@ -206,54 +206,48 @@ class JobService:
         except UnknownModel:
             return None
     def _referenced_init_image(self, request: GenerationRequest, caller: Caller) -> bytes | None:
-        """The bytes of the job image ``init_image`` names (``job:<id>/<index>``), read with
-        the image route's owner check; None when it carries an image (or is unused)."""
+        """The bytes of the job image ``init_image`` names (``job:<id>/<index>``); None when
+        it carries an image (or is unused)."""
         reference = request.init_image
         if (request.task is Task.TEXT_TO_IMAGE or reference is None
                 or not reference.startswith(JOB_IMAGE_PREFIX)):
             return None
-        match = _JOB_IMAGE_REFERENCE.fullmatch(reference)
-        if match is None:
-            raise InvalidInput("invalid_image", "init_image names a job image as "
-                               "job:<job id>/<index>, e.g. job:job_0123456789abcdef01234567/0",
-                               "init_image")
-        job_id, index = match[1], int(match[2])
-        job = self.store.get(job_id)
-        # Another owner's job is reported exactly like a missing one, as the image route does.
-        if job is None or not caller.may_see(job.owner):
-            raise NotFound(f"job '{job_id}' not found", "job_not_found", "init_image")
-        if job.status is not JobStatus.SUCCEEDED:
-            raise InvalidInput("job_not_finished", f"init_image: job '{job_id}' is "
-                               f"{job.status.value}; only a succeeded job's images can be used",
-                               "init_image")
-        info = next((i for i in job.images if i.index == index), None)
-        if info is None:
-            raise InvalidInput("image_not_found", f"init_image: job '{job_id}' has no image "
-                               f"{index} (it has {len(job.images)})", "init_image")
-        try:
-            return self.storage.get(image_key(job_id, index, info.format.value))
-        except KeyError:
-            raise InvalidInput("image_not_found", f"init_image: image {index} of job "
-                               f"'{job_id}' is gone", "init_image") from None
+        return self._job_image(reference, "init_image", caller)
 
     def _control_image(self, image: str, field_name: str, caller: Caller) -> Image.Image:
         """A control image: base64, or ``job:<id>/<index>``, an output of the caller's job."""
-        reference = _JOB_IMAGE_REFERENCE.match(image)
-        if reference is None:
-            with _decoding:
-                return decode_image(image, field_name, "RGB")
-        job_id, index = reference.group(1), int(reference.group(2))
-        try:
-            job = self.get(job_id, caller)
-            info = next((i for i in job.images if i.index == index), None)
-            if info is None:
-                raise NotFound(f"job '{job_id}' has no image {index}")
-            data = self.storage.get(image_key(job_id, index, info.format.value))
-        except (NotFound, KeyError) as exc:
-            detail = exc.message if isinstance(exc, NotFound) else "the image is gone"
-            raise InvalidInput("unknown_image", f"{field_name}: {detail}", field_name) from None
+        if image.startswith(JOB_IMAGE_PREFIX):
+            image = base64.b64encode(self._job_image(image, field_name, caller)).decode("ascii")
         with _decoding:
-            return decode_image(base64.b64encode(data).decode("ascii"), field_name, "RGB")
+            return decode_image(image, field_name, "RGB")
+
+    def _job_image(self, reference: str, field_name: str, caller: Caller) -> bytes:
+        """The bytes of the output image ``reference`` (``job:<id>/<index>``) names, under
+        the image route's rules: another owner's job is reported exactly like a missing
+        one (404); a job not succeeded, or without that image, is the request's fault
+        (422). One resolver for every field that takes a job image."""
+        match = _JOB_IMAGE_REFERENCE.fullmatch(reference)
+        if match is None:
+            raise InvalidInput("invalid_image", f"{field_name} names a job image as "
+                               "job:<job id>/<index>, e.g. job:job_0123456789abcdef01234567/0",
+                               field_name)
+        job_id, index = match[1], int(match[2])
+        job = self.store.get(job_id)
+        if job is None or not caller.may_see(job.owner):
+            raise NotFound(f"job '{job_id}' not found", "job_not_found", field_name)
+        if job.status is not JobStatus.SUCCEEDED:
+            raise InvalidInput("job_not_finished", f"{field_name}: job '{job_id}' is "
+                               f"{job.status.value}; only a succeeded job's images can be used",
+                               field_name)
+        info = next((i for i in job.images if i.index == index), None)
+        if info is None:
+            raise InvalidInput("image_not_found", f"{field_name}: job '{job_id}' has no image "
+                               f"{index} (it has {len(job.images)})", field_name)
+        try:
+            return self.storage.get(image_key(job_id, index, info.format.value))
+        except KeyError:
+            raise InvalidInput("image_not_found", f"{field_name}: image {index} of job "
+                               f"'{job_id}' is gone", field_name) from None
 
     def _store_inputs(
         self, job_id: str, inputs: _Inputs, size: tuple[int, int] | None,
@@ -405,7 +399,7 @@ def fingerprint(request: GenerationRequest) -> str:
 
 
 _IMAGE_FIELDS = {"init_image", "mask_image"}
-# A control image given as an earlier job's output: job:<job id>/<image index>.
+# An input image given as an earlier job's output: job:<job id>/<image index>.
 _JOB_IMAGE_REFERENCE = re.compile(r"^job:(" + JOB_ID_PATTERN.strip("^$") + r")/(\d{1,2})$")
 # Decoding an image holds its bytes and its pixels (up to ~60 MB at the 4-megapixel
 # limit); a few at a time bound the API's memory however many uploads arrive at once.

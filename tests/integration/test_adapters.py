@@ -140,7 +140,13 @@ def test_control_image_may_be_an_earlier_jobs_output(service: Service) -> None:
     assert job["status"] == "succeeded"
     error = refused(service, {"control": [{"model": "edges",
                                            "image": f"job:{source['id']}/5"}]})
-    assert error["field"] == "control.0.image"
+    assert (error["field"], error["code"]) == ("control.0.image", "image_not_found")
+    # A job that is not there is answered as the image route and init_image answer it.
+    missing = service.client.post("/v1/jobs", json={**BODY, "control": [
+        {"model": "edges", "image": "job:job_0123456789abcdef01234567/0"}]})
+    assert missing.status_code == 404, missing.text
+    assert (missing.json()["error"]["field"], missing.json()["error"]["code"]) == (
+        "control.0.image", "job_not_found")
 
 
 def test_lora_and_control_on_image_to_image(service: Service) -> None:
