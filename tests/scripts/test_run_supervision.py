@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 import run as launcher  # scripts/ is on sys.path (tests/scripts/conftest.py)
-from launcher_process import HELD_WORKER, LauncherProcess, is_held, release
 from process_supervisor import STOP_TIMEOUT_SECONDS
 
 from shared.jobstore import JobStore
 from shared.settings import Settings
+from tests.scripts.launcher_process import HELD_WORKER, LauncherProcess, is_held, release
 
 JOB = {"prompt": "red heart", "steps": 4, "seed": 1}
 
