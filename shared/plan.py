@@ -540,7 +540,21 @@ def _strength(request: GenerationRequest, steps: int, warnings: list[PlanWarning
     return strength
 
 
+# Upscalers and video pipelines run outside the adapter-aware image path (worker/upscale.py,
+# worker/video.py): a LoRA or ControlNet there would be ignored, so it is refused instead.
+_ADAPTER_TASKS = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.INPAINT,
+                            Task.OUTPAINT})
+
+
+def _check_adapter_task(request: GenerationRequest, field: str) -> None:
+    if getattr(request, field) and request.task not in _ADAPTER_TASKS:
+        tasks = ", ".join(task.value for task in Task if task in _ADAPTER_TASKS)
+        raise PlanError(field, "unsupported_for_task",
+                        f"{field} applies to {tasks}, not to task '{request.task.value}'")
+
+
 def _loras(request: GenerationRequest, spec: ModelSpec, adapters: Adapters) -> list[LoraRequest]:
+    _check_adapter_task(request, "loras")
     seen: set[str] = set()
     for index, lora in enumerate(request.loras):
         field = f"loras.{index}.name"
@@ -561,6 +575,7 @@ def _controls(
     request: GenerationRequest, spec: ModelSpec, adapters: Adapters
 ) -> list[ControlSettings]:
     seen: set[str] = set()
+    _check_adapter_task(request, "control")
     for index, control in enumerate(request.control):
         known = adapters.controlnets.get(control.model)
         field = f"control.{index}.model"

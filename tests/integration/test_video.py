@@ -161,6 +161,8 @@ def test_cancel_stops_a_running_video_within_a_step(video_service: Service) -> N
      "width", "size_not_multiple"),
     ("a sampler CogVideoX lacks", {"model": COGVIDEOX, "num_frames": 9, "scheduler": "euler"},
      "scheduler", "unsupported_scheduler"),
+    ("a LoRA, which video runs ignore", {"loras": [{"name": "ink"}]}, "loras",
+     "unsupported_for_task"),
 ])
 def test_a_video_the_model_or_service_cannot_make_is_refused(
     video_service: Service, case: str, fields: dict, field: str, code: str
