@@ -82,8 +82,12 @@ async def get_job_service(state: StateDep) -> JobService:
 JobServiceDep = Annotated[JobService, Depends(get_job_service)]
 
 
-async def get_job_events(state: StateDep) -> JobEvents:
+def build_job_events(state: AppState) -> JobEvents:
     return JobEvents(hub=state.events, reader=state.reader)
+
+
+async def get_job_events(state: StateDep) -> JobEvents:
+    return build_job_events(state)
 
 
 JobEventsDep = Annotated[JobEvents, Depends(get_job_events)]

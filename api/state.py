@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from api.services.auth import Authenticator
 from api.services.event_hub import EventHub
+from api.services.job_reads import PublicJobReads
 from api.services.metrics import build_metrics_registry
 from api.services.quotas import QueueCaps, RequestRate
 from api.services.status import ModelAvailability
@@ -49,6 +50,7 @@ class AppState:
     queue_caps: QueueCaps
     metrics: CollectorRegistry  # what GET /metrics renders: the whole service's, from Redis
     reader: AsyncJobReader  # job reads on the serving loop (event_redis)
+    job_reads: PublicJobReads  # GET /v1/jobs/{id}: the public JSON, kept per reply
     # LoRAs and ControlNets requests may add (LATENTD_LORA_DIR, ControlNet folders).
     adapters: Adapters = field(default_factory=Adapters)
 
@@ -64,6 +66,7 @@ def build_app_state(settings: Settings) -> AppState:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     celery = make_celery(settings)
     event_redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    reader = AsyncJobReader(event_redis)
     return AppState(
         settings=settings,
         registry=registry,
@@ -80,6 +83,7 @@ def build_app_state(settings: Settings) -> AppState:
         rate=RequestRate(settings),
         queue_caps=QueueCaps(client, settings, registry.names()),
         metrics=build_metrics_registry(client, registry.names()),
-        reader=AsyncJobReader(event_redis),
+        reader=reader,
+        job_reads=PublicJobReads(reader),
         adapters=Adapters.from_sources(settings.lora_dir, settings.models),
     )

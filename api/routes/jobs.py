@@ -13,8 +13,9 @@ from fastapi.responses import RedirectResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, JobEventsDep, JobServiceDep, SettingsDep
+from api.deps import CallerDep, JobEventsDep, JobServiceDep, SettingsDep, StateDep, build_job_events
 from api.services.events import JobEvents
+from api.services.job_reads import public_json
 from api.services.jobs import ImageBytes, ImageRedirect
 from api.uploads import MULTIPART_SUBMIT_SCHEMA, FormAsJsonRoute
 from shared.records import JobRecord, public_job
@@ -107,26 +108,24 @@ def list_jobs(
     return service.list(caller, status, cursor, limit, owner)
 
 
-@router.get("/{job_id}", responses={
+@router.get("/{job_id}", response_model=Job, responses={
     **_ERRORS,
     202: {"model": Job, "description": "With `Prefer: wait=N`: not finished after N s."},
 })
 async def get_job(
-    job_id: JobId,
-    response: Response,
-    service: JobServiceDep,
-    events: JobEventsDep,
-    caller: CallerDep,
-    settings: SettingsDep,
-    prefer: PreferHeader = None,
-) -> Job:
+    job_id: JobId, state: StateDep, caller: CallerDep, prefer: PreferHeader = None,
+) -> Response:
     """The job; with ``Prefer: wait=N``, once it has finished (200) or N seconds passed (202)."""
-    job = await service.read(job_id, caller)
-    waited = wait_seconds(prefer, settings.max_wait_seconds)
+    # The hottest route (clients poll it): few dependencies to solve, and the job's
+    # public JSON as bytes, kept per stored state (api/services/job_reads.py).
+    waited = wait_seconds(prefer, state.settings.max_wait_seconds)
     if not waited:
-        return public_job(job)
-    job = await _wait_if_asked(events, job, waited)
-    return _answer(response, job, waited)
+        return Response(await state.job_reads.read(job_id, caller), media_type="application/json")
+    events = build_job_events(state)
+    job = await _wait_if_asked(events, await state.job_reads.record(job_id, caller), waited)
+    response = Response(public_json(job), media_type="application/json")
+    _answer(response, job, waited)
+    return response
 
 
 @router.post("/{job_id}/cancel", responses=_ERRORS)

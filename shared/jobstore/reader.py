@@ -11,7 +11,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from shared.jobstore import keys
-from shared.jobstore.wire import READ, decode_reply
+from shared.jobstore.wire import READ, decode_event
 from shared.records import JobRecord
 
 
@@ -23,7 +23,15 @@ class AsyncJobReader:
         self._read = client.register_script(READ)
 
     async def get(self, job_id: str) -> JobRecord | None:
+        message = await self.get_message(job_id)
+        return None if message is None else decode_event(message).job
+
+    async def get_message(self, job_id: str) -> str | None:
+        """The read script's reply as it came: ``{"type": …, "job": <record>}`` text
+        (``decode_event`` reads it), or None. The same job state gives the same text."""
         reply = await self._read(keys=[keys.job_key(job_id), keys.webhooks_key(job_id)],
                                  args=[job_id])
-        decoded = decode_reply(reply)
-        return None if decoded is None else decoded[0].job
+        if not reply:
+            return None
+        _, message = reply
+        return message

@@ -1,0 +1,67 @@
+"""``GET /v1/jobs/{id}`` as response bytes: the job as its owner sees it, as JSON.
+
+A job is read far more often than it changes (clients poll it), so the public JSON is
+kept per read reply: the store's read script answers the same text for the same job
+state (every write stamps a later ``updated_at``), so the same text always turns into
+the same bytes, and a repeated read costs the round trip and a dict lookup instead of
+validating the record, building the public ``Job`` and serializing it again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from api.errors import NotFound
+from api.services.auth import Caller
+from shared.jobstore import AsyncJobReader
+from shared.jobstore.wire import decode_event
+from shared.records import JobRecord, public_job
+
+# Replies kept: the jobs being polled at once. A reply is a few KiB.
+CACHED_REPLIES = 512
+
+
+def public_json(record: JobRecord) -> bytes:
+    """The bytes FastAPI would send for ``public_job(record)`` as a ``Job`` response."""
+    return public_job(record).model_dump_json(by_alias=True).encode()
+
+
+class PublicJobReads:
+    """The job's public JSON for a caller; built once per API process."""
+
+    def __init__(self, reader: AsyncJobReader, cached_replies: int = CACHED_REPLIES):
+        self._reader = reader
+        self._cached_replies = cached_replies
+        # reply text → (owner, public JSON), least recently read first
+        self._by_reply: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+
+    async def record(self, job_id: str, caller: Caller) -> JobRecord:
+        """The job as stored, for ``Prefer: wait``; ``NotFound`` as ``read``'s."""
+        record = await self._reader.get(job_id)
+        if record is None or not caller.may_see(record.owner):
+            raise _not_found(job_id)
+        return record
+
+    async def read(self, job_id: str, caller: Caller) -> bytes:
+        """The job's public JSON; ``NotFound`` (404) for a missing job or another owner's."""
+        message = await self._reader.get_message(job_id)
+        if message is None:
+            raise _not_found(job_id)
+        hit = self._by_reply.get(message)
+        if hit is None:
+            record = decode_event(message).job
+            hit = (record.owner, public_json(record))
+            self._by_reply[message] = hit
+            if len(self._by_reply) > self._cached_replies:
+                self._by_reply.popitem(last=False)
+        else:
+            self._by_reply.move_to_end(message)
+        owner, body = hit
+        # Another owner's job is reported exactly like a missing one.
+        if not caller.may_see(owner):
+            raise _not_found(job_id)
+        return body
+
+
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"job '{job_id}' not found", "job_not_found")
