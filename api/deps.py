@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import redis
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
 from api.services.auth import Caller
 from api.services.events import JobEvents
@@ -53,13 +53,14 @@ async def get_redis(state: StateDep) -> redis.Redis:
     return state.redis
 
 
-async def get_caller(
-    state: StateDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Caller:
-    """Who is calling (their API key), counted against their request rate."""
-    caller = await state.auth.caller(authorization, x_api_key)
+async def get_caller(request: Request) -> Caller:
+    """Who is calling (their API key), counted against their request rate.
+
+    Reads its two headers itself: every route solves this, and each declared parameter
+    is one more for FastAPI to look up and validate per request."""
+    state: AppState = request.app.state.latentd
+    headers = request.headers
+    caller = await state.auth.caller(headers.get("authorization"), headers.get("x-api-key"))
     await state.rate.hit(caller.owner)
     return caller
 

@@ -8,15 +8,16 @@ import re
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, JobEventsDep, JobServiceDep, SettingsDep, StateDep, build_job_events
+from api.deps import CallerDep, JobEventsDep, JobServiceDep, SettingsDep, build_job_events
 from api.services.events import JobEvents
 from api.services.job_reads import public_json
 from api.services.jobs import ImageBytes, ImageRedirect
+from api.state import AppState
 from api.uploads import MULTIPART_SUBMIT_SCHEMA, FormAsJsonRoute
 from shared.records import JobRecord, public_job
 from shared.schemas import JOB_ID_PATTERN, ErrorBody, GenerationRequest, Job, JobPage, JobStatus
@@ -113,11 +114,12 @@ def list_jobs(
     202: {"model": Job, "description": "With `Prefer: wait=N`: not finished after N s."},
 })
 async def get_job(
-    job_id: JobId, state: StateDep, caller: CallerDep, prefer: PreferHeader = None,
+    job_id: JobId, request: Request, caller: CallerDep, prefer: PreferHeader = None,
 ) -> Response:
     """The job; with ``Prefer: wait=N``, once it has finished (200) or N seconds passed (202)."""
     # The hottest route (clients poll it): few dependencies to solve, and the job's
     # public JSON as bytes, kept per stored state (api/services/job_reads.py).
+    state: AppState = request.app.state.latentd
     waited = wait_seconds(prefer, state.settings.max_wait_seconds)
     if not waited:
         return Response(await state.job_reads.read(job_id, caller), media_type="application/json")
