@@ -49,12 +49,16 @@ def wait_seconds(prefer: str | None, cap: int) -> int:
     return min(int(match.group(1)), cap) if match else 0
 
 
-def _answer(response: Response, job: JobRecord, waited: int) -> Job:
-    """200 once a waited-for job has finished, else 202; says which wait was applied."""
-    response.status_code = 200 if waited and job.status.is_terminal() else 202
+def _answer(job: JobRecord, waited: int) -> Response:
+    """200 once a waited-for job has finished, else 202; says which wait was applied.
+
+    The public job's JSON as bytes: returned as a ``Job``, FastAPI would validate the
+    model it was just handed once more before serializing it."""
+    response = Response(public_json(job), media_type="application/json",
+                        status_code=200 if waited and job.status.is_terminal() else 202)
     if waited:
         response.headers["Preference-Applied"] = f"wait={waited}"
-    return public_job(job)
+    return response
 
 
 async def _wait_if_asked(events: JobEvents, job: JobRecord, waited: int) -> JobRecord:
@@ -69,25 +73,26 @@ async def _wait_if_asked(events: JobEvents, job: JobRecord, waited: int) -> JobR
 
 async def submit_job(
     body: GenerationRequest,
-    response: Response,
     service: JobServiceDep,
     events: JobEventsDep,
     caller: CallerDep,
     settings: SettingsDep,
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> Job:
+) -> Response:
     """Queue a generation job (202); with ``Prefer: wait=N``, 200 once it has finished."""
     submission = await run_in_threadpool(service.submit, body, caller, idempotency_key)
     waited = wait_seconds(prefer, settings.max_wait_seconds)
     job = await _wait_if_asked(events, submission.job, waited)
+    response = _answer(job, waited)
     if not submission.created:
         response.headers["Idempotent-Replayed"] = "true"
-    return _answer(response, job, waited)
+    return response
 
 
 router.add_api_route(
-    "", submit_job, methods=["POST"], status_code=202, route_class_override=FormAsJsonRoute,
+    "", submit_job, methods=["POST"], status_code=202, response_model=Job,
+    route_class_override=FormAsJsonRoute,
     responses={
         **_ERRORS,
         200: {"model": Job, "description": "With `Prefer: wait=N`: the job finished within N s."},
@@ -125,9 +130,7 @@ async def get_job(
         return Response(await state.job_reads.read(job_id, caller), media_type="application/json")
     events = build_job_events(state)
     job = await _wait_if_asked(events, await state.job_reads.record(job_id, caller), waited)
-    response = Response(public_json(job), media_type="application/json")
-    _answer(response, job, waited)
-    return response
+    return _answer(job, waited)
 
 
 @router.post("/{job_id}/cancel", responses=_ERRORS)
