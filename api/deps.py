@@ -74,7 +74,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 async def get_job_service(state: StateDep) -> JobService:
-    return JobService(settings=state.settings, store=state.store, reader=state.reader,
+    return JobService(settings=state.settings, store=state.store,
                       storage=state.storage, registry=state.registry, celery=state.celery,
                       availability=state.availability, queue_caps=state.queue_caps,
                       adapters=state.adapters)

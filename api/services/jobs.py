@@ -28,7 +28,7 @@ from api.services.quotas import QueueCaps
 from api.services.status import ModelAvailability
 from shared.adapters import Adapters
 from shared.celery_app import GENERATE_TASK
-from shared.jobstore import AsyncJobReader, IdempotencyConflict, JobStore
+from shared.jobstore import IdempotencyConflict, JobStore
 from shared.model_registry import ModelRegistry, ModelSpec, UnknownModel, queue_for_model
 from shared.plan import PlanError, plan_job
 from shared.priorities import queue_level, queue_level_of
@@ -98,7 +98,6 @@ class _Inputs:
 class JobService:
     settings: Settings
     store: JobStore
-    reader: AsyncJobReader  # the same reads as ``store``'s, on the event loop
     storage: Storage
     registry: ModelRegistry
     celery: Celery
@@ -283,10 +282,6 @@ class JobService:
 
     def get(self, job_id: str, caller: Caller) -> JobRecord:
         return _visible(self.store.get(job_id), job_id, caller)
-
-    async def read(self, job_id: str, caller: Caller) -> JobRecord:
-        """``get`` for async routes: one round trip on the event loop."""
-        return _visible(await self.reader.get(job_id), job_id, caller)
 
     def list(
         self, caller: Caller, status: JobStatus | None, cursor: str | None, limit: int,
