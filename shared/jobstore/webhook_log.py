@@ -7,13 +7,14 @@ import redis
 from shared.jobstore.keys import job_key, webhooks_key
 from shared.schemas import WebhookAttempt
 
-# Append only while the job lives, and expire the list with the job, not after it.
-# KEYS: job, webhooks. ARGV: attempt JSON.
+# Append only while the job lives, and expire the list with the job, not after it: at the
+# job's own expiry instant (a relative PEXPIRE of the job's PTTL could land a millisecond
+# later). KEYS: job, webhooks. ARGV: attempt JSON.
 _RECORD = r"""
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl == -2 then return 0 end
+local expires_at = redis.call('PEXPIRETIME', KEYS[1])
+if expires_at == -2 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if expires_at > 0 then redis.call('PEXPIREAT', KEYS[2], expires_at) end
 return 1
 """
 
