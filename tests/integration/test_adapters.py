@@ -44,7 +44,8 @@ def processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProce
         }),
         "LATENTD_WORKER_MODELS": "tiny-random",
     }
-    with running_service(root, env) as started:
+    # The gated worker: submit_held's jobs really are held until released.
+    with running_service(root, env, generation_app="tests.integration.gated_worker") as started:
         yield started
 
 
