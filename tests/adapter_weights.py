@@ -9,18 +9,16 @@ from pathlib import Path
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     ControlNetModel,
-    EulerDiscreteScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from worker.pipelines import build_byte_level_clip_tokenizer, build_tiny_random_pipeline
+from tests.model_folders import SDXL, build
+from worker.pipelines import build_tiny_random_pipeline
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -63,44 +61,5 @@ def save_tiny_controlnet(folder: Path, seed: int = 0,
 
 
 def build_tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
-    """An SDXL-shaped pipeline with tiny random weights (two text encoders, text-time
-    embedding), as in diffusers' own SDXL tests."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 1),
-            projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
-            cross_attention_dim=64,  # both text encoders' 32
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(8, 16, 32, 32), norm_num_groups=8, in_channels=3,
-            out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1,
-            sample_size=64,
-        )
-        tokenizer = build_byte_level_clip_tokenizer()
-        config = CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
-            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-            projection_dim=32, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-        text_encoder = CLIPTextModel(config)
-        text_encoder_2 = CLIPTextModelWithProjection(config)
-    return StableDiffusionXLPipeline(
-        unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
-        text_encoder_2=text_encoder_2.eval(), tokenizer=tokenizer, tokenizer_2=tokenizer,
-        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
-                                         beta_schedule="scaled_linear", steps_offset=1),
-    )
+    """The suite's tiny SDXL (``tests.model_folders``), the same weights on every call."""
+    return build(SDXL)
