@@ -23,7 +23,6 @@ from api.services.status import ModelAvailability
 from shared.adapters import Adapters
 from shared.celery_app import make_celery
 from shared.jobstore import AsyncJobReader, JobStore
-from shared.metrics import MetricsRecorder, chain_hooks
 from shared.model_registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import Storage, get_storage
@@ -74,9 +73,9 @@ def build_app_state(settings: Settings) -> AppState:
         event_redis=event_redis,
         events=EventHub(event_redis, settings.max_streams, settings.max_streams_per_key),
         celery=celery,
-        # Every transition this process makes is counted, then sent to its webhooks.
-        store=JobStore(client, settings, on_event=chain_hooks(
-            MetricsRecorder(client).record_job_event, WebhookPublisher(client, celery))),
+        # Every transition this process makes is sent to its webhooks (and counted by the
+        # store's own scripts).
+        store=JobStore(client, settings, on_event=WebhookPublisher(client, celery)),
         storage=get_storage(settings),
         availability=ModelAvailability(client),
         auth=Authenticator.from_settings(settings, client, event_redis),

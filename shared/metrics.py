@@ -3,11 +3,14 @@ the process stats each generation worker publishes with its heartbeat.
 
 A job's changes are made by whichever process makes them (the API replica that took the
 submit or the cancel, the worker that ran it, the reaper of any replica), and the workers
-are Celery prefork children on many hosts that come and go. So the process that makes a
-change adds it here, in Redis, which they all share already, in one MULTI/EXEC per
-change; every API process's ``GET /metrics`` (api/services/metrics.py) reads the same
-totals, so any replica gives the one service-wide view, and a process that restarts or
-crashes loses none of the counts it made.
+are Celery prefork children on many hosts that come and go. So the counts live in Redis,
+which they all share already: a job's transitions are counted by the job store's own
+scripts, in the same atomic step as the change they count (``COUNT_JOB_EVENT_LUA``,
+part of every job script), so each change is counted exactly once and costs no round
+trip of its own; webhook attempts are added by ``MetricsRecorder``, one MULTI/EXEC each.
+Every API process's ``GET /metrics`` (api/services/metrics.py) reads the same totals, so
+any replica gives the one service-wide view, and a process that restarts or crashes
+loses none of the counts it made.
 
 Layout (everything under ``latentd:metrics:``):
   latentd:metrics:<counter>        hash: JSON list of label values -> count
@@ -30,10 +33,6 @@ from dataclasses import dataclass, field
 import redis
 from prometheus_client.utils import floatToGoString
 from redis.typing import EncodableT, FieldT
-
-from shared.jobstore import EventHook
-from shared.records import JobRecord
-from shared.schemas import EventType, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +118,70 @@ def encode_labels(values: Sequence[str]) -> str:
     return json.dumps(list(values), separators=(",", ":"))
 
 
+# Which field of a succeeded job's ``metrics`` each job histogram observes.
+JOB_HISTOGRAM_FIELDS = ((JOB_QUEUE_SECONDS, "queue_seconds"),
+                        (JOB_INFERENCE_SECONDS, "inference_seconds"),
+                        (JOB_TOTAL_SECONDS, "total_seconds"))
+
+
+def _lua_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _lua_count_job_event() -> str:
+    """``count_job_event(f, event)``: counts a published job event from the job's hash
+    fields ``f``, as ``encode_labels`` would label it, in the script that wrote it.
+
+    The model's label text is written once, by Python at create (the job hash's
+    ``labels``), so a model name of any characters gets exactly the label a Python
+    writer gives it; a job stored before that field existed falls back to cjson's text,
+    which the reader decodes to the same labels. Bucket bounds are inclusive, as in
+    ``Histogram.bucket_of``, and named by the same text."""
+    assert all(h.buckets == SECONDS_BUCKETS for h, _ in JOB_HISTOGRAM_FIELDS)
+    buckets = ", ".join(f"{{{bound!r}, {_lua_string(floatToGoString(bound))}}}"
+                        for bound in SECONDS_BUCKETS)
+    histograms = ", ".join(f"{{{_lua_string(h.key)}, {_lua_string(name)}}}"
+                           for h, name in JOB_HISTOGRAM_FIELDS)
+    return f"""
+local SECONDS_BUCKETS = {{{buckets}}}
+local JOB_HISTOGRAMS = {{{histograms}}}
+local function count_job_event(f, event)
+  if event ~= 'queued' and event ~= 'started' and event ~= 'completed' then return end
+  local model = f.labels or cjson.encode({{cjson.decode(f.doc).request.model}})
+  if event == 'queued' then
+    local key = tonumber(f.attempts or '0') > 0 and {_lua_string(JOBS_REQUEUED.key)}
+      or {_lua_string(JOBS_SUBMITTED.key)}
+    redis.call('HINCRBY', key, model, 1)
+  elseif event == 'started' then
+    redis.call('HINCRBY', {_lua_string(JOBS_STARTED.key)}, model, 1)
+  else
+    local code = ''
+    local err = f.error and cjson.decode(f.error)
+    if type(err) == 'table' and type(err.code) == 'string' then code = err.code end
+    redis.call('HINCRBY', {_lua_string(JOBS_FINISHED.key)},
+               string.sub(model, 1, -2) .. ',"' .. f.status .. '","' .. code .. '"]', 1)
+    if f.status == 'succeeded' and f.metrics then
+      local metrics = cjson.decode(f.metrics)
+      for _, histogram in ipairs(JOB_HISTOGRAMS) do
+        local value = type(metrics) == 'table' and metrics[histogram[2]]
+        if type(value) == 'number' then
+          local le = {_lua_string(INF)}
+          for _, bucket in ipairs(SECONDS_BUCKETS) do
+            if value <= bucket[1] then le = bucket[2] break end
+          end
+          redis.call('HINCRBY', histogram[1], 'bucket:' .. le .. ':' .. model, 1)
+          redis.call('HINCRBYFLOAT', histogram[1], 'sum:' .. model, value)
+        end
+      end
+    end
+  end
+end
+"""
+
+
+COUNT_JOB_EVENT_LUA = _lua_count_job_event()
+
+
 def decode_labels(text: str, count: int) -> tuple[str, ...] | None:
     """Label values stored by ``encode_labels``; None for a field of another shape (a
     family whose labels changed between versions is skipped, not misread)."""
@@ -135,7 +198,8 @@ def decode_labels(text: str, count: int) -> tuple[str, ...] | None:
 
 
 class MetricsRecorder:
-    """Adds what one process did to the service-wide totals.
+    """Adds a webhook delivery attempt to the service-wide totals (a job's transitions
+    count themselves: ``COUNT_JOB_EVENT_LUA``).
 
     Each call is one MULTI/EXEC round trip, so a scrape never sees a histogram's bucket
     without its sum. A failure is logged and dropped: a count must never undo or repeat
@@ -144,28 +208,6 @@ class MetricsRecorder:
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
-
-    def record_job_event(self, job: JobRecord, event_type: EventType) -> None:
-        """The job store's ``on_event`` hook: counts the transition it just wrote."""
-        model = job.request.model
-        pipe = self._redis.pipeline(transaction=True)
-        if event_type is EventType.QUEUED:
-            # A new job has never been claimed; one the reaper put back has.
-            _count(pipe, JOBS_REQUEUED if job.attempts else JOBS_SUBMITTED, (model,))
-        elif event_type is EventType.STARTED:
-            _count(pipe, JOBS_STARTED, (model,))
-        elif event_type is EventType.COMPLETED:
-            code = job.error.code.value if job.error is not None else ""
-            _count(pipe, JOBS_FINISHED, (model, job.status.value, code))
-            if job.status is JobStatus.SUCCEEDED:
-                for histogram, value in ((JOB_QUEUE_SECONDS, job.metrics.queue_seconds),
-                                         (JOB_INFERENCE_SECONDS, job.metrics.inference_seconds),
-                                         (JOB_TOTAL_SECONDS, job.metrics.total_seconds)):
-                    if value is not None:
-                        _observe(pipe, histogram, (model,), value)
-        else:
-            return  # progress: up to every step; nothing here counts it
-        self._execute(pipe)
 
     def record_webhook_attempt(
         self, event: str, delivered: bool, retryable: bool, last_attempt: bool
@@ -196,28 +238,6 @@ def webhook_outcome(delivered: bool, retryable: bool, last_attempt: bool) -> str
 
 def _count(pipe: redis.client.Pipeline, counter: Counter, labels: Sequence[str]) -> None:
     pipe.hincrby(counter.key, encode_labels(labels), 1)
-
-
-def _observe(
-    pipe: redis.client.Pipeline, histogram: Histogram, labels: Sequence[str], value: float
-) -> None:
-    encoded = encode_labels(labels)
-    pipe.hincrby(histogram.key, f"bucket:{histogram.bucket_of(value)}:{encoded}", 1)
-    pipe.hincrbyfloat(histogram.key, f"sum:{encoded}", value)
-
-
-def chain_hooks(*hooks: EventHook) -> EventHook:
-    """One ``on_event`` hook that calls each of ``hooks`` in turn; one that fails is logged
-    and does not keep the others (webhooks, metrics) from their event."""
-
-    def on_event(job: JobRecord, event_type: EventType) -> None:
-        for hook in hooks:
-            try:
-                hook(job, event_type)
-            except Exception:
-                log.exception("event hook %r failed for %s %s", hook, job.id, event_type.value)
-
-    return on_event
 
 
 # -- reading: what a scrape turns into metric families ------------------------------

@@ -22,7 +22,6 @@ from shared.adapters import Adapters
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
 from shared.logs import GENERATION_WORKER, configure_celery_logging
-from shared.metrics import MetricsRecorder, chain_hooks
 from shared.model_registry import ModelRegistry, queue_for_model
 from shared.settings import get_settings
 from shared.storage import get_storage
@@ -75,8 +74,7 @@ def build_runtime() -> tasks.WorkerRuntime:
     """Connect the store and storage, then load the served models that fit the memory
     budget (all of them without one; slow: weights)."""
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    store = JobStore(client, settings, on_event=chain_hooks(
-        MetricsRecorder(client).record_job_event, WebhookPublisher(client, app)))
+    store = JobStore(client, settings, on_event=WebhookPublisher(client, app))
     storage = get_storage(settings)
     configure_torch(settings)
     models = ModelCache(settings.served_models, load_model, settings.worker_memory_budget)

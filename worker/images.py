@@ -14,6 +14,11 @@ from worker.schedulers import A1111_SAMPLER_NAMES
 
 JPEG_QUALITY = 95
 WEBP_QUALITY = 90
+# zlib level of output PNGs. Pillow's default (6) took 372 ms for a 1024x1024 image on the
+# development CPU, level 1 took 112 ms for a file 15% larger (bench/README.md, "PNG
+# encoding"): at 6 the encode alone would add a fifth to an SDXL image a GPU makes in a
+# second or two, and a worker encodes while its GPU waits.
+PNG_COMPRESS_LEVEL = 1
 # The stretched edge pixels are blurred so the model sees soft colour fields to build on
 # rather than hard streaks it would copy.
 OUTPAINT_BLUR_FRACTION = 0.25
@@ -118,7 +123,7 @@ def encode_image(image: Image.Image, output_format: OutputFormat, parameters: st
     if output_format is OutputFormat.PNG:
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", parameters)
-        image.save(buffer, format="PNG", pnginfo=info)
+        image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     elif output_format is OutputFormat.JPEG:
         image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
     else:

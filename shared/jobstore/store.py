@@ -43,6 +43,7 @@ from shared.jobstore.transitions import (
 )
 from shared.jobstore.webhook_log import WebhookLog
 from shared.jobstore.wire import READ, decode_event, decode_reply, encode_doc
+from shared.metrics import encode_labels
 from shared.priorities import band_of, queue_level_of
 from shared.records import JobEvent, JobRecord, OutputImage
 from shared.schemas import (
@@ -133,7 +134,8 @@ class JobStore:
             args=[record.id, keys.channel(record.id), encode_doc(record), self._ttl,
                   queue_weight(queue_level_of(record)),
                   idempotency.key_record(record.id, fingerprint), fingerprint or "",
-                  keys.JOB_KEY_PREFIX, keys.WEBHOOKS_SUFFIX, QUEUE_EPOCH_US],
+                  keys.JOB_KEY_PREFIX, keys.WEBHOOKS_SUFFIX, QUEUE_EPOCH_US,
+                  encode_labels([record.request.model])],
         )
         if reply[0] == idempotency.CONFLICT:
             raise IdempotencyConflict(reply[1])

@@ -34,14 +34,15 @@ ID_IN_USE = -2
 # KEYS: job, webhooks, owner index, queue set, idempotency key ('' = none), expiry index,
 #       batch set ('' = the job runs alone).
 # ARGV: job id, channel, doc, ttl, queue weight, key record, fingerprint, job key
-#       prefix, webhooks suffix, queue epoch.
+#       prefix, webhooks suffix, queue epoch, the model's metric labels (encode_labels).
 CREATE = LUA_LIBRARY + r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return {-2, ARGV[1]} end
 """ + idempotency.CHECK + r"""
 local now = stamp(KEYS[1])
 local at = iso(now)
 redis.call('HSET', KEYS[1], 'doc', ARGV[3], 'status', 'queued', 'created_at', at,
-           'updated_at', at, 'attempts', '0', 'queue', KEYS[4], 'weight', ARGV[5])
+           'updated_at', at, 'attempts', '0', 'queue', KEYS[4], 'weight', ARGV[5],
+           'labels', ARGV[11])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[3], string.format('%d', now), ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[4])

@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.heartbeat import HEARTBEAT_PREFIX
 from shared.jobstore.keys import OWNER_PREFIX, STATUS_INFIX
+from shared.metrics import COUNT_JOB_EVENT_LUA
 from shared.records import JobEvent, JobRecord
 from shared.schemas import JobStatus
 
@@ -21,7 +22,7 @@ DOC_FIELDS = frozenset({"id", "owner", "request", "warnings", "inputs", "metadat
                         "queue_level"})
 
 # Lua helpers every job script starts with (scripts are this text plus their own body).
-LUA_LIBRARY = f"""
+LUA_LIBRARY = COUNT_JOB_EVENT_LUA + f"""
 local HEARTBEAT_PREFIX = '{HEARTBEAT_PREFIX}'
 local OWNER_PREFIX = '{OWNER_PREFIX}'
 local STATUS_INFIX = '{STATUS_INFIX}'
@@ -71,7 +72,7 @@ local function leave_queue(job_key, job_id)
   if batch then redis.call('ZREM', batch, job_id) end
 end
 
--- The whole job as JobRecord JSON, and its status; nil when there is no such job.
+-- The whole job as JobRecord JSON, and its hash fields; nil when there is no such job.
 -- Structured fields are stored as JSON written by pydantic and spliced in as they are:
 -- a cjson round trip would turn an empty list into {} and round floats to 14 digits.
 local function job_json(job_key, webhooks_key, job_id)
@@ -92,7 +93,7 @@ local function job_json(job_key, webhooks_key, job_id)
   return string.sub(f.doc, 1, -2) .. ',' .. string.sub(scalars, 2, -2)
     .. ',"progress":' .. (f.progress or '{}') .. ',"images":' .. (f.images or '[]')
     .. ',"error":' .. (f.error or 'null') .. ',"metrics":' .. (f.metrics or '{}')
-    .. ',"webhook_attempts":[' .. table.concat(attempts, ',') .. ']}', f.status
+    .. ',"webhook_attempts":[' .. table.concat(attempts, ',') .. ']}', f
 end
 
 -- The event that announces a job already in a status (what a read reports).
@@ -118,13 +119,15 @@ end
 
 -- End of every job script: {1, message} after publishing ``event`` with the job as
 -- written, or {0, message} (nothing published) when ``event`` is nil; false if no job.
--- A script that publishes a change of status also files the job's new status.
+-- A script that publishes a change of status also files the job's new status, and
+-- counts the change in the service's metrics (shared/metrics.py).
 local function reply(keys, job_id, channel, event)
-  local job, status = job_json(keys[1], keys[2], job_id)
+  local job, f = job_json(keys[1], keys[2], job_id)
   if not job then return false end
-  if event and event ~= 'progress' then index_status(keys[1], job_id, status) end
+  if event and event ~= 'progress' then index_status(keys[1], job_id, f.status) end
   local published = event and 1 or 0
-  event = event or STATUS_EVENT[status] or 'completed'
+  if published == 1 then count_job_event(f, event) end
+  event = event or STATUS_EVENT[f.status] or 'completed'
   local message = '{"type":"' .. event .. '","job":' .. job .. '}'
   if published == 1 then redis.call('PUBLISH', channel, message) end
   return {published, message}

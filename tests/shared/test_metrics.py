@@ -1,5 +1,6 @@
-"""The service-wide totals in Redis: what each transition, webhook attempt and worker
-heartbeat adds, read back as a scrape reads them (real redis-server)."""
+"""The service-wide totals in Redis: what each transition (counted by the job store's own
+scripts), webhook attempt and worker heartbeat adds, read back as a scrape reads them
+(real redis-server)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import redis
 
 from shared.heartbeat import beat
-from shared.jobstore import JobStore
+from shared.jobstore import JobStore, keys
 from shared.metrics import (
     JOB_INFERENCE_SECONDS,
     JOB_QUEUE_SECONDS,
@@ -24,8 +25,8 @@ from shared.metrics import (
     HistogramTotals,
     MetricsRecorder,
     WorkerStats,
-    chain_hooks,
     cumulative_buckets,
+    encode_labels,
     publish_worker_stats,
     read_totals,
     read_worker_stats,
@@ -33,7 +34,7 @@ from shared.metrics import (
     withdraw_worker_stats,
 )
 from shared.records import JobRecord
-from shared.schemas import ErrorCode, EventType, Metrics
+from shared.schemas import ErrorCode, Metrics
 from shared.settings import Settings
 from tests.factories import make_plan, make_record
 
@@ -42,10 +43,10 @@ MODEL = "tiny-random"
 
 @pytest.fixture
 def metered(redis_client: redis.Redis) -> JobStore:
-    """A store whose transitions are counted, as in the API and the generation worker."""
+    """A store as the API and the generation worker build it: no hook of its own counts;
+    its scripts do, in the step that writes the change."""
     settings = Settings(job_ttl_seconds=3600, task_max_attempts=2, heartbeat_interval_seconds=1)
-    return JobStore(redis_client, settings,
-                    on_event=MetricsRecorder(redis_client).record_job_event)
+    return JobStore(redis_client, settings)
 
 
 def new_job(store: JobStore, **plan) -> JobRecord:
@@ -101,6 +102,49 @@ def test_a_job_taken_back_from_a_dead_worker_counts_as_requeued_not_submitted(
     assert counters[JOBS_FINISHED] == {(MODEL, "failed", "worker_lost"): 1}
 
 
+def test_the_scripts_bucket_each_value_as_the_python_definition_does(
+    metered: JobStore, redis_client: redis.Redis
+) -> None:
+    # Every bound itself (inclusive), just above it, and past the last one.
+    values = [v for bound in JOB_QUEUE_SECONDS.buckets for v in (bound, bound * 1.001)] + [1e6]
+    for value in values:
+        job = new_job(metered)
+        metered.mark_running(job.id, "w1")
+        metered.mark_succeeded(job.id, [], Metrics(inference_seconds=value), "w1")
+    expected: dict[str, int] = {}
+    for value in values:
+        le = JOB_INFERENCE_SECONDS.bucket_of(value)
+        expected[le] = expected.get(le, 0) + 1
+    [(labels, totals)] = read_totals(redis_client).histograms[JOB_INFERENCE_SECONDS].items()
+    assert labels == (MODEL,)
+    assert totals.buckets == expected
+    assert totals.sum == pytest.approx(sum(values))
+    # Metrics the job did not report are not observed.
+    assert read_totals(redis_client).histograms[JOB_QUEUE_SECONDS] == {}
+
+
+@pytest.mark.parametrize("model", ["org/sdxl-base", "modèle \"ç\"", "猫"])
+def test_any_model_name_is_labelled_as_python_labels_it(
+    metered: JobStore, redis_client: redis.Redis, model: str
+) -> None:
+    job = new_job(metered, model=model)
+    metered.mark_running(job.id, "w1")
+    metered.mark_failed(job.id, ErrorCode.TIMEOUT, "slow", "w1")
+    assert redis_client.hgetall(JOBS_SUBMITTED.key) == {encode_labels([model]): "1"}
+    counters = read_totals(redis_client).counters
+    assert counters[JOBS_STARTED] == {(model,): 1}
+    assert counters[JOBS_FINISHED] == {(model, "failed", "timeout"): 1}
+
+
+def test_a_job_stored_before_labels_were_kept_is_still_counted_under_its_model(
+    metered: JobStore, redis_client: redis.Redis
+) -> None:
+    job = new_job(metered, model="org/sdxl-base")
+    redis_client.hdel(keys.job_key(job.id), "labels")  # as an earlier version stored it
+    metered.mark_running(job.id, "w1")
+    assert read_totals(redis_client).counters[JOBS_STARTED] == {("org/sdxl-base",): 1}
+
+
 def test_histogram_buckets_add_up_cumulatively_and_keep_unknown_bounds() -> None:
     totals = HistogramTotals({"0.5": 2, "7.0": 1, "+Inf": 1}, 20.0)  # 7.0: an old bound
     buckets = dict(cumulative_buckets(JOB_QUEUE_SECONDS, totals))
@@ -148,20 +192,6 @@ def test_recording_without_redis_logs_and_carries_on(caplog: pytest.LogCaptureFi
     unreachable = redis.Redis(port=1, socket_connect_timeout=0.2)
     MetricsRecorder(unreachable).record_webhook_attempt("completed", True, False, False)
     assert "could not record metrics" in caplog.text
-
-
-def test_a_failing_hook_does_not_keep_the_others_from_the_event(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    seen: list[EventType] = []
-
-    def broken(job: JobRecord, event: EventType) -> None:
-        raise RuntimeError("hook down")
-
-    hook = chain_hooks(broken, lambda job, event: seen.append(event))
-    hook(make_record(), EventType.QUEUED)
-    assert seen == [EventType.QUEUED]
-    assert "hook down" in caplog.text
 
 
 def test_worker_stats_live_as_long_as_they_are_published(redis_client: redis.Redis) -> None:
