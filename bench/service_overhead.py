@@ -6,10 +6,12 @@ Celery worker → storage → HTTP), interleaved job by job so machine noise hit
 
 Prints a table of medians, p90s and ratios; performance is measured here, never asserted.
 Besides latency and throughput: the overhead per job (client latency minus the worker's
-own inference time), ``GET /v1/jobs/{id}`` vs ``GET /healthz`` requests/s and submits/s
-(with wrk), notification latency (job finished → ``Prefer: wait`` answer, → SSE
-``completed``), and ``make run`` to ready with the generation worker's memory per model
-set (bench/startup.py).
+own inference time) beside the two floors under it measured in the same run (this
+client's ``GET /healthz`` round trip, and a bare Celery task's round trip:
+bench/celery_floor.py), ``GET /v1/jobs/{id}`` vs ``GET /healthz`` requests/s in
+alternating pairs and submits/s (with wrk), notification latency (job finished →
+``Prefer: wait`` answer, → SSE ``completed``), and ``make run`` to ready with the
+generation worker's memory per model set (bench/startup.py).
 
 A new measurement is a ``measure_*`` function filling a field of ``Results`` and a
 section of rows in ``report`` (``_sections``), e.g. the batching gain.
@@ -37,9 +39,10 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageChops
 
+from bench.celery_floor import celery_round_trips
 from bench.startup import Startup, time_make_run
 from bench.wrk import WRK_MISSING, WrkResult, post_json_script, run_wrk, wrk_available
-from scripts.service_processes import running_service
+from scripts.service_processes import ServiceProcesses, running_service
 from shared.model_registry import TINY_RANDOM, ModelRegistry
 from shared.schemas import JobPlan
 from shared.settings import Settings
@@ -48,6 +51,10 @@ PROMPT = "a red fox in the snow, emoji style"
 SEED = 1234
 # Longer than any benchmark job; a 202 answer is simply waited on again.
 WAIT_HEADERS = {"Prefer": "wait=60"}
+# GET /v1/jobs/{id} and GET /healthz are measured this many times each, alternating
+# (ABBA), and their ratio is the median of the pairs': one pair is at the mercy of
+# whatever else the machine did during it.
+READ_PAIRS = 3
 
 
 class BenchmarkError(RuntimeError):
@@ -70,11 +77,17 @@ class Results:
     # Finished (the job's finished_at, Redis's clock) → the client holds the answer.
     wait_notify_seconds: list[float] = field(default_factory=list)
     sse_notify_seconds: list[float] = field(default_factory=list)
+    # Beside each service job, the same client's GET /healthz round trip: the HTTP floor.
+    healthz_seconds: list[float] = field(default_factory=list)
+    # A bare Celery task's round trip on the service's Redis (bench/celery_floor.py).
+    celery_floor_seconds: list[float] = field(default_factory=list)
     api_requests: int = 0
     api_failures: int = 0
     api_seconds: float = 0.0
     api_clients: int = 0
     healthz_requests_per_second: float = 0.0
+    # (GET /v1/jobs/{id}, GET /healthz) requests/s of each pair, in the order measured.
+    read_pairs: list[tuple[float, float]] = field(default_factory=list)
     api_load_generator: str = "wrk"  # or what stood in for it, and why
     submits: WrkResult | None = None
     startups: list[Startup] = field(default_factory=list)
@@ -217,7 +230,16 @@ def alternate(direct_run: Callable[[], None], service_run: Callable[[], None], t
             run()
 
 
-def measure(args: argparse.Namespace, url: str, direct: DirectPipeline) -> Results:
+def http_round_trip(client: httpx.Client) -> float:
+    """Seconds for one ``GET /healthz`` (no Redis, no model) with ``client``."""
+    started = time.perf_counter()
+    client.get("/healthz").raise_for_status()
+    return time.perf_counter() - started
+
+
+def measure(args: argparse.Namespace, service: ServiceProcesses, direct: DirectPipeline,
+            workdir: Path) -> Results:
+    url = service.url
     body = {"model": args.model, "prompt": PROMPT, "seed": SEED}
     if args.steps:
         body["steps"] = args.steps
@@ -251,9 +273,13 @@ def measure(args: argparse.Namespace, url: str, direct: DirectPipeline) -> Resul
             results.service_seconds.append(seconds)
             results.worker_inference_seconds.append(job["metrics"]["inference_seconds"])
             results.wait_notify_seconds.append(since_finished(job, job["received_at"]))
+            results.healthz_seconds.append(http_round_trip(client))
 
         _progress(f"latency: {args.jobs} jobs per mode, interleaved")
         alternate(direct_job, service_job, args.jobs)
+        _progress(f"Celery floor: {args.jobs} bare tasks")
+        results.celery_floor_seconds = celery_round_trips(
+            service.redis_url, args.jobs, workdir / "celery-floor.log")
 
         def direct_round() -> None:
             started = time.perf_counter()
@@ -278,29 +304,50 @@ def measure(args: argparse.Namespace, url: str, direct: DirectPipeline) -> Resul
 
 
 def measure_reads(args: argparse.Namespace, url: str, job_path: str, results: Results) -> None:
-    """``GET /v1/jobs/{id}``, then ``GET /healthz`` (no Redis, no model: the HTTP ceiling
-    of this machine) with the same load, wrk's if installed."""
-    _progress(f"API: GET /v1/jobs/{{id}}, then GET /healthz, {args.rps_seconds} s each")
-    if wrk_available():
-        job = run_wrk(url + job_path, args.rps_seconds, args.clients)
-        healthz = run_wrk(url + "/healthz", args.rps_seconds, args.clients)
-        assert job is not None and healthz is not None
-        results.api_requests = job.requests - job.non_2xx
-        results.api_failures = job.non_2xx + job.socket_errors
-        results.api_seconds = job.seconds
-        results.healthz_requests_per_second = healthz.requests_per_second
-        results.api_load_generator = "wrk"
-    else:
+    """``GET /v1/jobs/{id}`` and ``GET /healthz`` (no Redis, no model: the HTTP ceiling
+    of this machine) with the same load, wrk's if installed, in ``READ_PAIRS`` pairs
+    alternating ABBA."""
+    _progress(f"API: GET /v1/jobs/{{id}} and GET /healthz, {READ_PAIRS} pairs, "
+              f"{args.rps_seconds} s each")
+    use_wrk = wrk_available()
+    if not use_wrk:
         _progress(f"{WRK_MISSING}: measuring with httpx instead, which shares the CPUs "
                   "with the service and caps the figures")
-        ok, failed, seconds = asyncio.run(_hammer_get(url, job_path, args.clients,
-                                                      args.rps_seconds))
-        results.api_requests, results.api_failures, results.api_seconds = ok, failed, seconds
+    results.api_load_generator = "wrk" if use_wrk else f"httpx ({WRK_MISSING})"
+    results.api_clients = args.clients
+
+    def job_reads() -> float:
+        if use_wrk:
+            job = run_wrk(url + job_path, args.rps_seconds, args.clients)
+            assert job is not None
+            ok, failed, seconds = job.requests - job.non_2xx, job.non_2xx + job.socket_errors, \
+                job.seconds
+        else:
+            ok, failed, seconds = asyncio.run(_hammer_get(url, job_path, args.clients,
+                                                          args.rps_seconds))
+        results.api_requests += ok
+        results.api_failures += failed
+        results.api_seconds += seconds
+        return ok / seconds
+
+    def healthz_reads() -> float:
+        if use_wrk:
+            healthz = run_wrk(url + "/healthz", args.rps_seconds, args.clients)
+            assert healthz is not None
+            return healthz.requests_per_second
         ok, _, seconds = asyncio.run(_hammer_get(url, "/healthz", args.clients,
                                                  args.rps_seconds))
-        results.healthz_requests_per_second = ok / seconds
-        results.api_load_generator = f"httpx ({WRK_MISSING})"
-    results.api_clients = args.clients
+        return ok / seconds
+
+    for index in range(READ_PAIRS):
+        if index % 2 == 0:
+            job_rate = job_reads()
+            healthz_rate = healthz_reads()
+        else:
+            healthz_rate = healthz_reads()
+            job_rate = job_reads()
+        results.read_pairs.append((job_rate, healthz_rate))
+    results.healthz_requests_per_second = statistics.median(h for _, h in results.read_pairs)
 
 
 def measure_submits(args: argparse.Namespace, url: str, body: dict, results: Results) -> None:
@@ -367,8 +414,11 @@ def report(results: Results) -> str:
         f"     GET /healthz (no Redis, for reference): "
         f"{results.healthz_requests_per_second:.0f} requests/s"
     )
+    pair_ratios = [job / healthz for job, healthz in results.read_pairs]
     read_ratio = _row("ratio  GET /v1/jobs/{id} / GET /healthz",
-                      f"{api_rate / results.healthz_requests_per_second:.2f}x")
+                      f"{statistics.median(pair_ratios):.2f}x")
+    read_pairs = ("  median of the pairs' ratios; pairs (jobs/s : healthz/s): " + ", ".join(
+        f"{job:.0f} : {healthz:.0f}" for job, healthz in results.read_pairs))
     overhead = f"overhead {1000 * (service_median - direct_median):+.0f} ms per job"
     return "\n".join([
         job_line,
@@ -395,6 +445,7 @@ def report(results: Results) -> str:
         api_line,
         healthz_line,
         read_ratio,
+        read_pairs,
         *_sections(results),
     ])
 
@@ -406,9 +457,14 @@ def _ms(seconds: float) -> str:
 def _overhead_rows(results: Results) -> list[str]:
     overhead, overhead_p90 = median_and_p90(results.job_overhead_seconds)
     wait, wait_p90 = median_and_p90(results.wait_notify_seconds)
+    http, http_p90 = median_and_p90(results.healthz_seconds)
+    celery, celery_p90 = median_and_p90(results.celery_floor_seconds)
     rows = [
         _row(f"service overhead per job ({len(results.service_seconds)} jobs)", "median", "p90"),
         _row("  client latency - worker inference", _ms(overhead), _ms(overhead_p90)),
+        _row("  under it: GET /healthz, same client", _ms(http), _ms(http_p90)),
+        _row("  under it: a bare Celery task", _ms(celery), _ms(celery_p90)),
+        _row("  the rest (median - both medians)", _ms(overhead - http - celery)),
         _row("notification: job finished ->", "median", "p90"),
         _row("  Prefer: wait answer", _ms(wait), _ms(wait_p90)),
     ]
@@ -527,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _progress("starting redis-server, the workers and the API")
         with running_service(workdir, env, node_tag="bench") as service:
-            results = measure(args, service.url, direct)
+            results = measure(args, service, direct, workdir)
     except BaseException as exc:
         outcome = "failed" if isinstance(exc, Exception) else "stopped"
         _progress(f"{outcome}; service logs kept in {workdir}")

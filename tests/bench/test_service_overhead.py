@@ -22,7 +22,12 @@ EXPECTED_LINES = [
     r"^API  GET /v1/jobs/\{id\}: \d+ requests/s \(2 connections, .* 0 other; wrk, ",
     r"^     GET /healthz \(no Redis, for reference\): \d+ requests/s$",
     rf"^ratio +GET /v1/jobs/\{{id\}} / GET /healthz +{NUMBER}x$",
+    (r"^  median of the pairs' ratios; pairs \(jobs/s : healthz/s\): \d+ : \d+, \d+ : \d+, "
+     r"\d+ : \d+$"),
     rf"^  client latency - worker inference +-?{NUMBER} ms +-?{NUMBER} ms$",
+    rf"^  under it: GET /healthz, same client +{NUMBER} ms +{NUMBER} ms$",
+    rf"^  under it: a bare Celery task +{NUMBER} ms +{NUMBER} ms$",
+    rf"^  the rest \(median - both medians\) +-?{NUMBER} ms$",
     rf"^  Prefer: wait answer +{NUMBER} ms +{NUMBER} ms$",
     rf"^  SSE completed event +{NUMBER} ms +{NUMBER} ms$",
     r"^submits  POST /v1/jobs, no wait \(wrk, 2 connections\) +\d+/s$",
