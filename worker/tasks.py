@@ -127,11 +127,13 @@ def run_job(job_id: str, runtime: WorkerRuntime) -> None:
 
 
 def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) -> None:
-    job = runtime.store.mark_running(job_id, runtime.worker)
-    if job is None:  # missing, already finished, canceled while queued, or out of attempts
+    claim = runtime.store.claim(job_id, runtime.worker)
+    if claim is None:  # missing, already finished, canceled while queued, or out of attempts
         logger.info("job %s: nothing to run", job_id)
         return
-    jobs = [job, *_claim_companions(job, runtime)]
+    job = claim.job
+    # Nothing queued beside it: no companions to claim, and no round trip to look for them.
+    jobs = [job, *(_claim_companions(job, runtime) if claim.batch_waiting else [])]
     if len(jobs) == 1:
         _run_one(job, runtime, engine)
     else:

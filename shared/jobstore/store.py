@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -31,6 +32,7 @@ from shared.jobstore.expiry import ExpiryIndex
 from shared.jobstore.idempotency import IdempotencyConflict
 from shared.jobstore.listing import JobListing
 from shared.jobstore.transitions import (
+    BATCH_WAITING,
     CLAIM_COMPANIONS,
     CREATE,
     ID_IN_USE,
@@ -69,6 +71,16 @@ _RECLAIM_BATCH = 500
 _COMPANION_CANDIDATES = 64
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A job claimed for a run, and how many queued jobs shared its batch set right after
+    the claim (of any priority band; 0 when it always runs alone): with none, a worker
+    has no companions to look for (``claim_companions``)."""
+
+    job: JobRecord
+    batch_waiting: int
+
+
 class JobStore:
     """Create, read and move jobs; every method returns the job as Redis now holds it.
 
@@ -88,6 +100,7 @@ class JobStore:
         self._transition = client.register_script(TRANSITION)
         self._reclaim = client.register_script(RECLAIM)
         self._claim_companions = client.register_script(CLAIM_COMPANIONS)
+        self._batch_waiting = client.register_script(BATCH_WAITING)
         self._request_cancel = client.register_script(REQUEST_CANCEL)
         self._read = client.register_script(READ)
         self._listing = JobListing(client, self._read_many)
@@ -167,12 +180,24 @@ class JobStore:
         not run it (it is finished, gone, or has been started too often and is now failed
         WORKER_LOST). A running job is claimed again: its task was redelivered because
         its worker died."""
-        event = self._move(
+        claim = self.claim(job_id, worker)
+        return None if claim is None else claim.job
+
+    def claim(self, job_id: str, worker: str = "") -> Claim | None:
+        """``mark_running``, and in the same round trip the number of queued jobs left in
+        the claimed job's batch set (after the claim took it out of it)."""
+        pipe = self._redis.pipeline(transaction=False)
+        self._move(
             job_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.RUNNING,
             EventType.STARTED, {"progress": Progress().model_dump_json(), "worker": worker},
-            max_attempts=self._max_attempts, exhausted=self._worker_lost(),
+            max_attempts=self._max_attempts, exhausted=self._worker_lost(), client=pipe,
         )
-        return event.job if event is not None and event.type is EventType.STARTED else None
+        self._batch_waiting(keys=[keys.job_key(job_id)], client=pipe)
+        moved, waiting = pipe.execute()
+        event = self._applied(moved)
+        if event is None or event.type is not EventType.STARTED:
+            return None
+        return Claim(event.job, int(waiting))
 
     def claim_companions(self, job: JobRecord, worker: str, max_images: int) -> list[JobRecord]:
         """Claim for ``worker`` queued jobs that can run in one pipeline call with ``job``
@@ -364,14 +389,18 @@ class JobStore:
         max_attempts: int = 0,
         exhausted: JobError | None = None,
         claimant: str | None = None,
+        client: redis.client.Pipeline | None = None,
     ) -> JobEvent | None:
+        """The move, applied; with ``client`` (a pipeline), only queued on it: the caller
+        executes it and hands the script's reply to ``_applied``."""
         pairs = [item for field in fields.items() for item in field]
         reply = self._transition(
             keys=self._transition_keys(job_id),
             args=[job_id, keys.channel(job_id), " ".join(from_), to, event_type, max_attempts,
                   exhausted.model_dump_json() if exhausted else "", claimant or "", *pairs],
+            client=client,
         )
-        return self._applied(reply)
+        return None if client is not None else self._applied(reply)
 
     def _applied(self, reply: Any) -> JobEvent | None:
         """The event a script answered; runs the hook when the script published it."""

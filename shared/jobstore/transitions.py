@@ -211,6 +211,13 @@ if status == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
 return reply(KEYS, ARGV[1], ARGV[2], nil)
 """
 
+# How many queued jobs are left in a job's batch set (0: it runs alone). KEYS: job.
+BATCH_WAITING = r"""
+local batch = redis.call('HGET', KEYS[1], 'batch')
+if not batch then return 0 end
+return redis.call('ZCARD', batch)
+"""
+
 # Claim a running job's companions: queued jobs of its batch set (same signature, so one
 # pipeline call runs them all), best queue score first, within a score range (the
 # caller's priority band: a low-priority job never rides ahead of normal ones), while

@@ -163,3 +163,18 @@ def test_image_tasks_are_filed_in_no_batch_set(
     assert redis_client.hget(f"latentd:job:{job.id}", "batch") is None
     running = store.mark_running(job.id, "w1")
     assert running is not None and store.claim_companions(running, "w1", max_images=4) == []
+
+
+def test_a_claim_says_how_many_jobs_wait_in_its_batch_set(store: JobStore) -> None:
+    alone = created(store, seed=1, steps=3)
+    claim = store.claim(alone.id, "w1")
+    assert claim is not None and claim.job.status is JobStatus.RUNNING
+    assert claim.batch_waiting == 0  # a worker then does not look for companions
+
+    first = created(store, seed=2)
+    created(store, seed=3)
+    created(store, seed=4, priority=Priority.LOW)  # another band, but the same set
+    created(store, seed=5, steps=7)  # another signature: another set
+    claim = store.claim(first.id, "w1")
+    assert claim is not None and claim.job.id == first.id
+    assert claim.batch_waiting == 2
