@@ -38,3 +38,4 @@ bench:
 	@scripts/install.sh --redis-server
 	$(VENV_PYTHON) -m bench.service_overhead $(BENCH_ARGS)
 	$(VENV_PYTHON) -m bench.batching $(BATCHING_ARGS)
+	$(VENV_PYTHON) -m bench.png
