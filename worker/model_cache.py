@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -26,12 +27,19 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from worker.pipelines import LoadedModel
+from worker.pipelines import LoadedModel, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 # Called with the loaded models, most recently used first, after each load or eviction.
 OnLoadedChange = Callable[[list[str]], None]
+
+
+# After a model failed to load, jobs for it fail at once for this long instead of trying
+# again: a try may first evict the models that do load (a model never loaded has no known
+# size, so it gets the whole budget), and a broken model's jobs would otherwise cost every
+# other model its place, and its next job a reload.
+LOAD_RETRY_SECONDS = 60.0
 
 
 class ModelCache(Mapping[str, LoadedModel]):
@@ -44,8 +52,12 @@ class ModelCache(Mapping[str, LoadedModel]):
         load: Callable[[str], LoadedModel],
         budget_bytes: int | None = None,
         on_change: OnLoadedChange | None = None,
+        retry_after_seconds: float = LOAD_RETRY_SECONDS,
     ):
         self.served = list(served)
+        self.retry_after_seconds = retry_after_seconds
+        # model -> (monotonic time of its last failed load, why it failed)
+        self._failed: dict[str, tuple[float, str]] = {}
         self.budget_bytes = budget_bytes
         self.on_change = on_change
         self._load = load
@@ -112,6 +124,7 @@ class ModelCache(Mapping[str, LoadedModel]):
                 self._models.move_to_end(name)
                 self._loaded = tuple(reversed(self._models))
             else:
+                self._refuse_if_failed_lately(name)
                 self._make_room_for(name)
                 self._load_model(name)
                 self._changed()
@@ -168,8 +181,25 @@ class ModelCache(Mapping[str, LoadedModel]):
             _free_memory()
         return evicted
 
+    def _refuse_if_failed_lately(self, name: str) -> None:
+        failed = self._failed.get(name)
+        if failed is None:
+            return
+        failed_at, reason = failed
+        ago = time.monotonic() - failed_at
+        if ago < self.retry_after_seconds:
+            raise ModelLoadError(
+                f"model '{name}' failed to load {ago:.0f} s ago and is tried again "
+                f"{self.retry_after_seconds - ago:.0f} s from now: {reason}")
+
     def _load_model(self, name: str) -> None:
-        model = self._load(name)
+        try:
+            model = self._load(name)
+        except Exception as exc:
+            _free_memory()  # what the failed load had allocated
+            self._failed[name] = (time.monotonic(), str(exc) or type(exc).__name__)
+            raise
+        self._failed.pop(name, None)
         size = model_bytes(model)
         self._sizes[name] = size
         self._models[name] = model

@@ -135,7 +135,9 @@ def _run_claimed(job_id: str, runtime: WorkerRuntime, engine: GenerationEngine) 
     # Nothing queued beside it: no companions to claim, and no round trip to look for them.
     jobs = [job, *(_claim_companions(job, runtime) if claim.batch_waiting else [])]
     if len(jobs) == 1:
-        _run_one(job, runtime, engine)
+        # Alone, it starts right away: the claim's own look at a cancel is as fresh as one
+        # asked again now.
+        _run_one(job, runtime, engine, cancel_requested=claim.cancel_requested)
     else:
         _run_batch(jobs, runtime, engine)
 
@@ -167,10 +169,14 @@ def _claim_companions(job: JobRecord, runtime: WorkerRuntime) -> list[JobRecord]
         time.sleep(min(COMPANION_POLL_SECONDS, left))
 
 
-def _run_one(job: JobRecord, runtime: WorkerRuntime, engine: GenerationEngine) -> None:
+def _run_one(job: JobRecord, runtime: WorkerRuntime, engine: GenerationEngine,
+             cancel_requested: bool | None = None) -> None:
+    """Run one claimed job to its end; ``cancel_requested``: whether it should stop, as
+    just read (None: ask the store)."""
     store, worker, job_id = runtime.store, runtime.worker, job.id
     try:
-        if store.is_cancel_requested(job_id, worker):
+        if (store.is_cancel_requested(job_id, worker) if cancel_requested is None
+                else cancel_requested):
             _stop(store, job_id, worker, "canceled before it started")
             return
         plan = job.request

@@ -73,12 +73,14 @@ _COMPANION_CANDIDATES = 64
 
 @dataclass(frozen=True)
 class Claim:
-    """A job claimed for a run, and how many queued jobs shared its batch set right after
-    the claim (of any priority band; 0 when it always runs alone): with none, a worker
-    has no companions to look for (``claim_companions``)."""
+    """A job claimed for a run; how many queued jobs shared its batch set right after the
+    claim (of any priority band; 0 when it always runs alone: with none, a worker has no
+    companions to look for, ``claim_companions``); and ``is_cancel_requested`` as it
+    stood right after the claim (a redelivered job its owner canceled while it ran)."""
 
     job: JobRecord
     batch_waiting: int
+    cancel_requested: bool
 
 
 class JobStore:
@@ -184,8 +186,9 @@ class JobStore:
         return None if claim is None else claim.job
 
     def claim(self, job_id: str, worker: str = "") -> Claim | None:
-        """``mark_running``, and in the same round trip the number of queued jobs left in
-        the claimed job's batch set (after the claim took it out of it)."""
+        """``mark_running``, and in the same round trip what a run asks next: the number of
+        queued jobs left in the claimed job's batch set (after the claim took it out of
+        it), and whether the run should stop already."""
         pipe = self._redis.pipeline(transaction=False)
         self._move(
             job_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.RUNNING,
@@ -193,11 +196,12 @@ class JobStore:
             max_attempts=self._max_attempts, exhausted=self._worker_lost(), client=pipe,
         )
         self._batch_waiting(keys=[keys.job_key(job_id)], client=pipe)
-        moved, waiting = pipe.execute()
+        pipe.hmget(keys.job_key(job_id), _RUN_STATE_FIELDS)
+        moved, waiting, run_state = pipe.execute()
         event = self._applied(moved)
         if event is None or event.type is not EventType.STARTED:
             return None
-        return Claim(event.job, int(waiting))
+        return Claim(event.job, int(waiting), _should_stop(run_state, worker))
 
     def claim_companions(self, job: JobRecord, worker: str, max_images: int) -> list[JobRecord]:
         """Claim for ``worker`` queued jobs that can run in one pipeline call with ``job``
@@ -271,11 +275,9 @@ class JobStore:
         """Should a run of the job stop: its owner canceled it, or it no longer exists
         (deleted mid-run). With ``worker``: also when the job is no longer running under
         that worker's claim (re-queued by the reaper, finished, or claimed by another)."""
-        status, cancel, claimant = self._redis.hmget(
-            keys.job_key(job_id), ["status", "cancel", "worker"])
-        if status is None or cancel == "1":
-            return True
-        return worker is not None and (status != JobStatus.RUNNING or claimant != worker)
+        run_state = cast(list[str | None], self._redis.hmget(keys.job_key(job_id),
+                                                            _RUN_STATE_FIELDS))
+        return _should_stop(run_state, worker)
 
     def reclaim(self, job_id: str, now: float | None = None) -> JobRecord | None:
         """Take back one running job if its worker stopped (see ``reclaim_stalled``); the
@@ -416,6 +418,18 @@ class JobStore:
                 # must not make the caller believe otherwise and retry it.
                 log.exception("event hook failed for %s %s", event.job.id, event.type.value)
         return event
+
+
+# The job hash fields that say whether a run should stop (``_should_stop``).
+_RUN_STATE_FIELDS = ["status", "cancel", "worker"]
+
+
+def _should_stop(run_state: Sequence[str | None], worker: str | None) -> bool:
+    """``is_cancel_requested`` from the job's ``_RUN_STATE_FIELDS``."""
+    status, cancel, claimant = run_state
+    if status is None or cancel == "1":
+        return True
+    return worker is not None and (status != JobStatus.RUNNING or claimant != worker)
 
 
 def _batch_key(job: JobRecord) -> str:

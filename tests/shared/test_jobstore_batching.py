@@ -178,3 +178,14 @@ def test_a_claim_says_how_many_jobs_wait_in_its_batch_set(store: JobStore) -> No
     claim = store.claim(first.id, "w1")
     assert claim is not None and claim.job.id == first.id
     assert claim.batch_waiting == 2
+
+
+def test_a_claim_says_whether_the_run_should_stop_already(store: JobStore) -> None:
+    job = created(store, seed=1)
+    first = store.claim(job.id, "w1")
+    assert first is not None and not first.cancel_requested
+    store.request_cancel(job.id)  # while running: a flag the run reads at its next step
+    # Redelivered to another worker (w1 never beat, so its claim does not stand): the
+    # new run learns of the cancel with its claim, before it starts.
+    again = store.claim(job.id, "w2")
+    assert again is not None and again.cancel_requested

@@ -16,7 +16,7 @@ from shared.settings import Settings
 from tests.factories import make_plan
 from worker.engine import GenerationEngine
 from worker.model_cache import ModelCache, model_bytes
-from worker.pipelines import LoadedModel, load_pipeline
+from worker.pipelines import LoadedModel, ModelLoadError, load_pipeline
 from worker.queue_order import loaded_first, queues_to_move
 
 # Three names for the same built-in source: three separately loaded, equal-sized models.
@@ -198,6 +198,47 @@ def test_a_model_not_served_is_refused_and_a_failed_load_changes_nothing() -> No
     with pytest.raises(RuntimeError, match="disk on fire"), broken.use("tiny-random"):
         pass
     assert broken.loaded == [] and broken.size_of("tiny-random") is None
+
+
+class BreakingLoader(CountingLoader):
+    """The real loader, except that "broken" never loads."""
+
+    def __call__(self, name: str) -> LoadedModel:
+        if name == "broken":
+            self.loads.append(name)
+            raise ModelLoadError("weights missing")
+        return super().__call__(name)
+
+
+def test_a_model_that_failed_to_load_is_not_tried_again_for_a_while(model_size: int) -> None:
+    loader = BreakingLoader()
+    cache = ModelCache(["tiny-random", "broken"], loader, model_size + model_size // 2)
+    cache.preload()
+    with pytest.raises(ModelLoadError, match="weights missing"), cache.use("broken"):
+        pass
+    # Its size unknown, the first try made room for it: the good model went.
+    assert cache.loaded == []
+    with cache.use("tiny-random"):
+        pass
+    for _ in range(3):  # within the retry delay: refused at once, nothing evicted or loaded
+        with pytest.raises(ModelLoadError, match=r"failed to load \d+ s ago.*weights missing"), \
+                cache.use("broken"):
+            pass
+    assert cache.loaded == ["tiny-random"]
+    assert loader.loads == ["tiny-random", "broken", "tiny-random"]
+
+
+def test_a_failed_model_is_tried_again_after_the_delay(model_size: int) -> None:
+    loader = BreakingLoader()
+    cache = ModelCache(["tiny-random", "broken"], loader, None, retry_after_seconds=1.0)
+    with pytest.raises(ModelLoadError), cache.use("broken"):
+        pass
+    with pytest.raises(ModelLoadError, match="tried again"), cache.use("broken"):
+        pass
+    time.sleep(1.1)
+    with pytest.raises(ModelLoadError, match="^weights missing$"), cache.use("broken"):
+        pass
+    assert loader.loads == ["broken", "broken"]
 
 
 def test_on_change_sees_each_load_and_eviction(model_size: int) -> None:

@@ -402,3 +402,11 @@ def test_a_model_that_fails_to_load_on_demand_fails_its_job_as_unavailable(
     ok = submit(store)
     run_job(ok.id, cached)
     assert store.get(ok.id).status is JobStatus.SUCCEEDED and models.loaded == ["tiny-random"]
+    # The next job for tiny-b, soon after, fails at once with the same reason and costs
+    # tiny-random nothing.
+    again = submit(store, plan=make_plan(model="tiny-b"))
+    run_job(again.id, cached)
+    failed = store.get(again.id)
+    assert failed.error is not None and failed.error.code == "model_unavailable"
+    assert "failed to load" in failed.error.message and "/models/gone" in failed.error.message
+    assert models.loaded == ["tiny-random"]
