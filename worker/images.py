@@ -14,10 +14,10 @@ from worker.schedulers import A1111_SAMPLER_NAMES
 
 JPEG_QUALITY = 95
 WEBP_QUALITY = 90
-# zlib level of output PNGs. Pillow's default (6) took 372 ms for a 1024x1024 image on the
-# development CPU, level 1 took 112 ms for a file 15% larger (bench/README.md, "PNG
-# encoding"): at 6 the encode alone would add a fifth to an SDXL image a GPU makes in a
-# second or two, and a worker encodes while its GPU waits.
+# zlib level of output PNGs. Pillow's default (6) takes about 350 ms for a 1024x1024
+# image on the development CPU, level 1 about 110 ms for a file 15% larger
+# (``python -m bench.png``): at 6 the encode alone would add a fifth to an SDXL image a
+# GPU makes in a second or two, and a worker encodes while its GPU waits.
 PNG_COMPRESS_LEVEL = 1
 # The stretched edge pixels are blurred so the model sees soft colour fields to build on
 # rather than hard streaks it would copy.
