@@ -2,7 +2,8 @@
 
 Over the API (``--url`` or LATENTD_URL, ``--api-key`` or LATENTD_API_KEY):
 ``latentd generate "red heart" -o heart.png`` (a progress bar over the job's events, then
-the images written), ``latentd jobs``, ``latentd cancel ID``, ``latentd models``.
+the images written), ``latentd upscale heart.png``, ``latentd jobs``, ``latentd cancel
+ID``, ``latentd models``.
 
 In the service's Redis (LATENTD_REDIS_URL, the same settings as the service):
 ``latentd keys create --name app1`` prints a new API key once; ``latentd keys list``;
@@ -27,9 +28,11 @@ from shared.api_keys import ApiKeyStore
 from shared.client import DEFAULT_URL, Client, Job, LatentdConnectionError, LatentdError
 from shared.settings import get_settings
 
-TASKS = ("text-to-image", "image-to-image", "inpaint", "outpaint")
-FORMATS = ("png", "jpeg", "webp")
-EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+TASKS = ("text-to-image", "image-to-image", "inpaint", "outpaint", "upscale", "text-to-video")
+FORMATS = ("png", "jpeg", "webp", "mp4", "gif")
+EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".mp4": "mp4",
+              ".gif": "gif"}
+UPSCALE = "upscale"
 SIDES = ("left", "right", "top", "bottom")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -122,6 +125,31 @@ def _controls(_ctx: click.Context, _param: click.Parameter,
     return controls or None
 
 
+def _image_source(_ctx: click.Context, _param: click.Parameter, value: str) -> Path | str:
+    """A file to upload, or ``job:<id>/<index>`` (an output of the caller's job) as it is."""
+    if value.startswith("job:"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise click.BadParameter(f"{value!r} is not a file (or job:<id>/<index>)")
+    return path
+
+
+def job_options(command: F) -> F:
+    """What every command that runs a job takes: its priority and metadata, whether to
+    wait and show progress, and the service's address."""
+    for option in reversed((
+        click.option("--priority", type=click.Choice(("low", "normal", "high"))),
+        click.option("--metadata", callback=_json_object, metavar="JSON",
+                     help="A JSON object kept with the job and echoed back."),
+        click.option("--no-wait", is_flag=True, help="Print the job id once queued, and exit."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        service_options,
+    )):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("prompt")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -144,7 +172,8 @@ def _controls(_ctx: click.Context, _param: click.Parameter,
 @click.option("--scheduler", help="Sampler, e.g. ddim or euler_ancestral.")
 @click.option("--seed", type=int, help="Seed of the first image (default: drawn).")
 @click.option("--task", type=click.Choice(TASKS), help="Default: inpaint with --mask, "
-              "outpaint with a margin, image-to-image with --init-image, else text-to-image.")
+              "outpaint with a margin, image-to-image with --init-image, else text-to-image "
+              "(upscale: see `latentd upscale`).")
 @click.option("--init-image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Input image of image-to-image, inpaint and outpaint (uploaded).")
 @click.option("--mask", "mask_image", type=click.Path(exists=True, dir_okay=False,
@@ -160,38 +189,81 @@ def _controls(_ctx: click.Context, _param: click.Parameter,
               metavar="CONTROLNET IMAGE",
               help="Steer with a ControlNet and its image: a file or job:<id>/<index> "
                    "(repeatable).")
-@click.option("--format", "output_format", type=click.Choice(FORMATS), help="Image format.")
-@click.option("--priority", type=click.Choice(("low", "normal", "high")))
-@click.option("--metadata", callback=_json_object, metavar="JSON",
-              help="A JSON object kept with the job and echoed back.")
-@click.option("--no-wait", is_flag=True, help="Print the job id once queued, and exit.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@service_options
+@click.option("--frames", "num_frames", type=int, help="text-to-video: frames per video.")
+@click.option("--fps", type=int, help="text-to-video: frames per second of the file.")
+@click.option("--format", "output_format", type=click.Choice(FORMATS),
+              help="Image format (png, jpeg, webp) or, for text-to-video, video format (mp4, "
+                   "webp, gif).")
+@job_options
 def generate(prompt: str, output: Path | None, size: tuple[int, int] | None, no_wait: bool,
              quiet: bool, url: str, api_key: str | None, **options: Any) -> None:
-    """Generate images from PROMPT and write them; prints each file written.
+    """Generate images (or videos, --task text-to-video) from PROMPT and write them; prints
+    each file written.
 
     Ctrl-C while it runs cancels the job.
     """
-    fields = _request_fields(options, size, output)
     with Client(url, api_key) as client:
-        job = client.submit(prompt, **fields)
-        if not quiet:
-            click.echo(f"submitted {job.id}", err=True)
-        if no_wait:
-            click.echo(job.id)
-            return
-        try:
-            job = _follow(client, job, quiet)
-        except KeyboardInterrupt:
-            client.cancel(job.id)
-            raise Interrupted(f"canceled {job.id}") from None
-        if job.status != "succeeded":
-            error = job.error or {}
-            raise Failure(f"job {job.id} {job.status}: {error.get('message', 'no images')}")
-        for path, info in zip(_output_paths(job, output), job.images, strict=True):
-            path.write_bytes(client.image(job.id, info["index"]))
-            click.echo(str(path))
+        _run(client, prompt, _request_fields(options, size, output), output, no_wait, quiet)
+
+
+def _run(client: Client, prompt: str, fields: dict[str, Any], output: Path | None,
+         no_wait: bool, quiet: bool) -> None:
+    """Submit, follow on a progress bar (Ctrl-C cancels), write the outputs."""
+    job = client.submit(prompt, **fields)
+    if not quiet:
+        click.echo(f"submitted {job.id}", err=True)
+    if no_wait:
+        click.echo(job.id)
+        return
+    try:
+        job = _follow(client, job, quiet)
+    except KeyboardInterrupt:
+        client.cancel(job.id)
+        raise Interrupted(f"canceled {job.id}") from None
+    if job.status != "succeeded":
+        error = job.error or {}
+        raise Failure(f"job {job.id} {job.status}: {error.get('message', 'no images')}")
+    for path, info in zip(_output_paths(job, output), job.images, strict=True):
+        path.write_bytes(client.image(job.id, info["index"]))
+        click.echo(str(path))
+
+
+@cli.command()
+@click.argument("image", callback=_image_source, metavar="IMAGE")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Image file to write (default: <job id>.<format>). Its extension picks "
+                   "the format unless --format is given.")
+@click.option("--model", help="An upscaling model from `latentd models` (default: the "
+              "first the service lists).")
+@click.option("--scale", type=int, help="Upscaling factor (default: the model's).")
+@click.option("--noise-level", type=int, help="Noise added to the input before upscaling "
+              "(models that take it; default: the model's).")
+@click.option("--prompt", default="", help="What the image shows (models that read one).")
+@click.option("--steps", type=int, help="Denoising steps.")
+@click.option("--seed", type=int, help="Seed (default: drawn).")
+@click.option("--format", "output_format", type=click.Choice(("png", "jpeg", "webp")),
+              help="Image format.")
+@job_options
+def upscale(image: Path | str, output: Path | None, prompt: str, model: str | None,
+            no_wait: bool, quiet: bool, url: str, api_key: str | None, **options: Any) -> None:
+    """Upscale IMAGE (a file, or job:<id>/<index>: an image of one of your jobs) and write
+    the result; prints the file written.
+
+    Ctrl-C while it runs cancels the job.
+    """
+    fields = {**options, "task": UPSCALE, "init_image": image}
+    if fields["output_format"] is None and output is not None:
+        fields["output_format"] = EXTENSIONS.get(output.suffix.lower())
+    with Client(url, api_key) as client:
+        fields["model"] = model or _first_upscaler(client)
+        _run(client, prompt, fields, output, no_wait, quiet)
+
+
+def _first_upscaler(client: Client) -> str:
+    for entry in client.models():
+        if UPSCALE in entry.get("tasks", ()):
+            return str(entry["name"])
+    raise Failure("the service lists no model that upscales (`latentd models`)")
 
 
 def _request_fields(options: dict[str, Any], size: tuple[int, int] | None,

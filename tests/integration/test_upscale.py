@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 from PIL import Image
 
 from scripts.service_processes import running_service
+from tests.integration.test_cli import COMMAND as CLI_COMMAND
 from tests.upscalers import save_tiny_upscalers
 
 ALICE = {"Authorization": "Bearer ltd_alice_0123456789abcdef"}
@@ -170,3 +174,41 @@ def test_an_upscale_job_is_canceled_between_tiles_or_within_one(
     assert job["progress"]["step"] < job["progress"]["total_steps"]
 
 
+
+
+def latentd_command(service: httpx.Client, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The installed ``latentd`` command against this module's service, as alice."""
+    env = {**os.environ, "LATENTD_URL": str(service.base_url),
+           "LATENTD_API_KEY": ALICE["Authorization"].removeprefix("Bearer ")}
+    return subprocess.run([*CLI_COMMAND, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_the_command_line_upscales_a_file_and_a_job_image(
+    service: httpx.Client, tmp_path: Path
+) -> None:
+    emoji = run(service, {"prompt": "red heart", "seed": 11})
+    small = tmp_path / "heart.png"
+    small.write_bytes(service.get(f"/v1/jobs/{emoji['id']}/images/0").content)
+
+    # No --model: the first model the service lists that upscales (emoji-upscaler).
+    from_file = latentd_command(service, "upscale", str(small), "-o", "big.png", "-q",
+                                cwd=tmp_path)
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout.strip() == "big.png"
+    with Image.open(tmp_path / "big.png") as image:
+        assert image.size == (128, 128) and "Model: emoji-upscaler" in image.info["parameters"]
+
+    from_job = latentd_command(service, "upscale", f"job:{emoji['id']}/0", "--model",
+                               TILED_EMOJI, "--format", "webp", cwd=tmp_path)
+    assert from_job.returncode == 0, from_job.stderr
+    [written] = from_job.stdout.split()
+    assert written.endswith(".webp") and "submitted job_" in from_job.stderr
+    with Image.open(tmp_path / written) as image:
+        assert image.format == "WEBP" and image.size == (128, 128)
+
+    missing = latentd_command(service, "upscale", "nope.png", cwd=tmp_path)
+    assert missing.returncode == 2 and "is not a file" in missing.stderr
+    not_an_upscaler = latentd_command(service, "upscale", str(small), "--model", "emoji",
+                                      cwd=tmp_path)
+    assert not_an_upscaler.returncode == 1 and "upscale" in not_an_upscaler.stderr

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from PIL import Image
 from scripts.service_processes import running_service
 from tests.integration.conftest import Service
 from tests.integration.test_bad_input import broker_backlog
+from tests.integration.test_cli import COMMAND as CLI_COMMAND
 from tests.job_events import Listener
 from tests.videos import mean_difference, read_video
 
@@ -191,3 +194,21 @@ def test_models_and_the_schema_show_the_video_bounds(video_service: Service) -> 
     frames = next(s for s in request["num_frames"]["anyOf"] if s.get("type") == "integer")
     assert (frames["minimum"], frames["maximum"]) == (1, 256)
     assert "mp4" in schema["components"]["schemas"]["OutputFormat"]["enum"]
+
+
+def test_the_command_line_writes_a_clip_in_the_format_its_name_says(
+    video_service: Service, tmp_path: Path
+) -> None:
+    env = {**os.environ, "LATENTD_URL": video_service.url}
+    env.pop("LATENTD_API_KEY", None)
+    result = subprocess.run(
+        [*CLI_COMMAND, "generate", "a fox running", "--task", "text-to-video", "--model",
+         VIDEO_MODEL, "--frames", "4", "--fps", "8", "--size", "32x32", "--steps", "2",
+         "-o", "fox.gif", "-q"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "fox.gif"
+    frames, fps, parameters = read_video((tmp_path / "fox.gif").read_bytes())
+    assert frames == 4 and "a fox running" in parameters
+    # GIF keeps a frame's time in hundredths of a second: 8 fps is written as 120 ms.
+    assert fps == pytest.approx(8, rel=0.05)
