@@ -44,9 +44,15 @@ class PublicJobReads:
 
     async def read(self, job_id: str, caller: Caller) -> bytes:
         """The job's public JSON; ``NotFound`` (404) for a missing job or another owner's."""
+        return self.shown_to(caller, job_id, await self.fetch(job_id))
+
+    async def fetch(self, job_id: str) -> tuple[str, bytes] | None:
+        """The job's owner and public JSON, whoever asks (None: no such job). Show it only
+        through ``shown_to``; split from it so a route can read the job while it is
+        still finding out who the caller is."""
         message = await self._reader.get_message(job_id)
         if message is None:
-            raise _not_found(job_id)
+            return None
         hit = self._by_reply.get(message)
         if hit is None:
             record = decode_event(message).job
@@ -56,11 +62,15 @@ class PublicJobReads:
                 self._by_reply.popitem(last=False)
         else:
             self._by_reply.move_to_end(message)
-        owner, body = hit
-        # Another owner's job is reported exactly like a missing one.
-        if not caller.may_see(owner):
+        return hit
+
+    @staticmethod
+    def shown_to(caller: Caller, job_id: str, fetched: tuple[str, bytes] | None) -> bytes:
+        """``fetch``'s answer for ``caller``: a missing job and another owner's job are
+        reported alike (404)."""
+        if fetched is None or not caller.may_see(fetched[0]):
             raise _not_found(job_id)
-        return body
+        return fetched[1]
 
 
 def _not_found(job_id: str) -> NotFound:

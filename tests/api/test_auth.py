@@ -73,6 +73,18 @@ def test_a_key_sees_only_its_own_jobs_and_an_admin_sees_all(secured) -> None:
     assert refused.status_code == 403 and refused.json()["error"]["field"] == "owner"
 
 
+def test_reading_a_job_without_a_valid_key_says_nothing_of_the_job(secured) -> None:
+    # The read fetches the job while it looks the key up: the answer must still be the
+    # key's refusal, the same whether the job exists or not.
+    client, headers = secured
+    job = client.post("/v1/jobs", json={"prompt": "mine"}, headers=headers["alice"]).json()
+    for path in (f"/v1/jobs/{job['id']}", "/v1/jobs/job_" + "0" * 24):
+        for wrong in ({}, {"Authorization": "Bearer ltd_not-a-key"}):
+            response = client.get(path, headers=wrong)
+            assert response.status_code == 401, (path, wrong, response.text)
+            assert set(response.json()) == {"error"} and job["id"] not in response.text
+
+
 def test_a_revoked_key_stops_working(secured, keys: ApiKeyStore) -> None:
     client, headers = secured
     assert client.get("/v1/jobs", headers=headers["bob"]).status_code == 200
