@@ -13,6 +13,8 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 from prometheus_client import CollectorRegistry
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from api.services.auth import Authenticator
 from api.services.event_hub import EventHub
@@ -27,6 +29,15 @@ from shared.model_registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import Storage, get_storage
 from shared.webhooks import WebhookPublisher
+
+# The asyncio client only reads (jobs, keys, events), so a command that failed on its
+# connection is tried again on a new one: after Redis restarts, each connection the pool
+# kept fails its next command, and without this the first reads of a restarted Redis
+# were answered 503 (redis-py's default is no retry). During an outage a read gives up
+# after these tries, a few tenths of a second later than it would without them.
+READ_RETRIES = 2
+READ_RETRY_BASE_SECONDS = 0.02
+READ_RETRY_CAP_SECONDS = 0.2
 
 
 @dataclass
@@ -64,7 +75,11 @@ def build_app_state(settings: Settings) -> AppState:
     registry = ModelRegistry.from_settings(settings)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     celery = make_celery(settings)
-    event_redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    event_redis = aioredis.Redis.from_url(
+        settings.redis_url, decode_responses=True,
+        retry=Retry(ExponentialWithJitterBackoff(base=READ_RETRY_BASE_SECONDS,
+                                                 cap=READ_RETRY_CAP_SECONDS), READ_RETRIES),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     reader = AsyncJobReader(event_redis)
     return AppState(
         settings=settings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 
@@ -102,3 +103,17 @@ async def test_only_the_latest_replies_are_kept(client: TestClient, reader: Asyn
     await reads.read(ids[2], Caller("public"))  # kept
     await reads.read(ids[0], Caller("public"))  # pushed out by the third: built again
     assert built == [*ids, ids[0]]
+
+
+def test_a_read_right_after_redis_dropped_the_connections_is_answered(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    job_id = submit(client)["id"]
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 200  # the pool keeps connections
+    # What a Redis restart does to every connection the API's pools hold.
+    killed = redis_client.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    for _ in range(3):
+        response = client.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        assert response.json()["id"] == job_id
