@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.commands import run_benchmark
+
 NUMBER = r"\d+(?:\.\d+)?"
 
 
 def test_adapters_benchmark_prints_its_ratios() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.adapters", "--rounds", "1", "--steps", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("bench.adapters", "--rounds", "1", "--steps", "1", timeout=240)
     for mode in ("plain, no LoRA loaded yet", "plain", "LoRA", "ControlNet",
                  "LoRA \\+ ControlNet"):
         assert re.search(rf"^  {mode} +median {NUMBER} s +ratio to plain {NUMBER}x$",

@@ -7,11 +7,8 @@ that the jobs submitted at once really shared pipeline calls.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.commands import run_benchmark
 
 NUMBER = r"\d+(?:\.\d+)?"
 EXPECTED_LINES = [
@@ -23,12 +20,9 @@ EXPECTED_LINES = [
 
 
 def test_benchmark_prints_the_batching_gain() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.batching", "--jobs", "4", "--steps", "2",
-         "--rounds", "1", "--max-batch", "4"],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark(
+        "bench.batching", "--jobs", "4", "--steps", "2", "--rounds", "1", "--max-batch", "4",
+        timeout=240)
     for pattern in EXPECTED_LINES:
         assert re.search(pattern, result.stdout, re.MULTILINE), (pattern, result.stdout)
     seen = re.search(r"images per pipeline call seen: ([\d, ]+)\)", result.stdout)

@@ -4,18 +4,11 @@ prints its figures; never asserted beyond being numbers."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.commands import run_benchmark
 
 
 def test_celery_floor_prints_its_round_trip() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.celery_floor", "--samples", "3"],
-        cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("bench.celery_floor", "--samples", "3", timeout=180)
     assert re.search(r"^bare Celery round trip \(3 tasks, prefork pool of 1\): median "
                      r"\d+\.\d\d ms, p90 \d+\.\d\d ms$", result.stdout, re.MULTILINE), result.stdout

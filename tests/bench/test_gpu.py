@@ -4,13 +4,11 @@ says so; its figures are never asserted, only that every line is there with a nu
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.commands import run_benchmark
+
 NUMBER = r"\d+(?:\.\d+)?"
 EXPECTED_LINES = [
     r"^  NOT A GPU RUN: tiny configs on the CPU",
@@ -27,12 +25,8 @@ EXPECTED_LINES = [
 
 
 def test_the_gpu_benchmark_runs_tiny_on_the_cpu_and_says_so() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.gpu", "--tiny", "--steps", "2", "--batches", "2",
-         "--service-jobs", "2"],
-        cwd=REPO, capture_output=True, text=True, timeout=400, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark(
+        "bench.gpu", "--tiny", "--steps", "2", "--batches", "2", "--service-jobs", "2", timeout=400)
     for pattern in EXPECTED_LINES:
         assert re.search(pattern, result.stdout, re.MULTILINE), (pattern, result.stdout)
     if not torch.cuda.is_available():

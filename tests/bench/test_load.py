@@ -7,19 +7,12 @@ submitted was accepted and ended (a load run that loses jobs is a bug, not a fig
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.commands import run_benchmark
 
 
 def test_load_benchmark_prints_its_figures() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.load", "--clients", "4", "--jobs-per-client", "2"],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("bench.load", "--clients", "4", "--jobs-per-client", "2", timeout=240)
     out = result.stdout
     assert re.search(r"^  accepted +8 of 8 in [\d.]+ s", out, re.MULTILINE), out
     assert re.search(r"^  errors +0 +transport errors 0$", out, re.MULTILINE), out

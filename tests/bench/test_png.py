@@ -6,22 +6,14 @@ Timings are never asserted: only that every row is there with its numbers.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 from bench.png import LEVELS
+from tests.bench.commands import run_benchmark
 from worker.images import PNG_COMPRESS_LEVEL
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_png_benchmark_prints_each_level_against_the_default() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.png", "--size", "64", "--repeats", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("bench.png", "--size", "64", "--repeats", "1", timeout=120)
     assert f"the worker writes level {PNG_COMPRESS_LEVEL}" in result.stdout
     rows = {int(match.group(1)): match for match in re.finditer(
         r"^ +(\d) +[\d.]+ ms +([\d.]+)x +\d+ KiB +([\d.]+)x$", result.stdout, re.MULTILINE)}

@@ -7,11 +7,8 @@ wrk is one of the test tools (scripts/install.sh --test-tools).
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.commands import run_benchmark
 
 NUMBER = r"\d+(?:\.\d+)?"
 EXPECTED_LINES = [
@@ -39,12 +36,8 @@ EXPECTED_LINES = [
 
 
 def test_benchmark_prints_its_ratios() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.service_overhead", "--jobs", "2", "--steps", "1",
-         "--warmup", "1", "--rounds", "1", "--clients", "2", "--rps-seconds", "1",
-         "--memory-models", "tiny-random"],
-        cwd=REPO, capture_output=True, text=True, timeout=480, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark(
+        "bench.service_overhead", "--jobs", "2", "--steps", "1", "--warmup", "1", "--rounds", "1",
+        "--clients", "2", "--rps-seconds", "1", "--memory-models", "tiny-random", timeout=480)
     for pattern in EXPECTED_LINES:
         assert re.search(pattern, result.stdout, re.MULTILINE), (pattern, result.stdout)
