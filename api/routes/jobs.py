@@ -3,14 +3,15 @@ fetch images, follow events."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
+from pydantic import StringConstraints, TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -40,15 +41,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 
-PreferHeader = Annotated[
-    str | None,
-    Header(description="`wait=N`: block up to N seconds (capped) for the job to finish."),
-]
+_JOB_ID_DESCRIPTION = "`job_` + 24 hex digits"
+_PREFER_DESCRIPTION = "`wait=N`: block up to N seconds (capped) for the job to finish."
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description=_JOB_ID_DESCRIPTION)]
+PreferHeader = Annotated[str | None, Header(description=_PREFER_DESCRIPTION)]
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(description="Same key and body → the same job; same key, other body → 409."),
 ]
-JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="`job_` + 24 hex digits")]
 
 
 def wait_seconds(prefer: str | None, cap: int) -> int:
@@ -122,23 +122,58 @@ def list_jobs(
     return service.list(caller, status, cursor, limit, owner)
 
 
-@router.get("/{job_id}", response_model=Job, responses={
-    **_ERRORS,
-    202: {"model": Job, "description": "With `Prefer: wait=N`: not finished after N s."},
-})
-async def get_job(job_id: JobId, request: Request, prefer: PreferHeader = None) -> Response:
+_JOB_ID = TypeAdapter(Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)])
+
+
+def _path_job_id(request: Request) -> str:
+    """The ``{job_id}`` of the path, checked as a declared ``JobId`` parameter would be
+    (the same 422 when it is not a job id)."""
+    job_id: str = request.path_params["job_id"]
+    try:
+        return _JOB_ID.validate_python(job_id)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("path", "job_id")} for error in exc.errors()]) from None
+
+
+# GET /v1/jobs/{id} reads its two inputs itself, and lists them here for the schema: the
+# hottest route (clients poll it), and FastAPI works out each declared parameter's kind
+# anew on every request, which measured 55 of its 120 µs beyond GET /healthz's.
+_GET_JOB_PARAMETERS = [
+    {"name": "job_id", "in": "path", "required": True, "description": _JOB_ID_DESCRIPTION,
+     "schema": {"type": "string", "pattern": JOB_ID_PATTERN, "title": "Job Id"}},
+    {"name": "prefer", "in": "header", "required": False, "description": _PREFER_DESCRIPTION,
+     "schema": {"type": "string", "title": "Prefer"}},
+]
+
+
+@router.get("/{job_id}", response_model=Job, openapi_extra={"parameters": _GET_JOB_PARAMETERS},
+            responses={
+                **_ERRORS,
+                202: {"model": Job, "description": "With `Prefer: wait=N`: not finished after N s."},
+            })
+async def get_job(request: Request) -> Response:
     """The job; with ``Prefer: wait=N``, once it has finished (200) or N seconds passed (202)."""
-    # The hottest route (clients poll it): few dependencies to solve, and the job's
-    # public JSON as bytes, kept per stored state (api/services/job_reads.py).
+    # No dependencies to solve, and the job's public JSON as bytes, kept per stored state
+    # (api/services/job_reads.py).
+    job_id = _path_job_id(request)
+    prefer = request.headers.get("prefer")
     state: AppState = request.app.state.latentd
     waited = wait_seconds(prefer, state.settings.max_wait_seconds)
     if not waited:
-        # The caller's key (a Redis read for a stored key) and the job are read at once:
-        # one round trip's wait instead of two. The job is shown only once the key is
-        # known to see it; a refused key fails the request before anything is shown.
-        caller, fetched = await asyncio.gather(get_caller(request),
-                                               state.job_reads.fetch(job_id))
-        return Response(state.job_reads.shown_to(caller, job_id, fetched),
+        # The job's read goes out first (with the other reads of this moment), and the
+        # caller's key (a Redis read for a stored key) is checked while it is on its way:
+        # one round trip's wait instead of two. The job is shown only once the key is known
+        # to see it; a refused key fails the request before anything is shown.
+        reply = state.job_reads.ask(job_id)
+        try:
+            caller = await get_caller(request)
+        except BaseException:
+            if not reply.cancel() and not reply.cancelled():
+                reply.exception()  # answered already: its error, if any, is not this one
+            raise
+        return Response(state.job_reads.shown_to(caller, job_id,
+                                                 state.job_reads.publish(await reply)),
                         media_type="application/json")
     caller = await get_caller(request)
     events = build_job_events(state)

@@ -9,6 +9,7 @@ validating the record, building the public ``Job`` and serializing it again.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 
 from api.errors import NotFound
@@ -48,9 +49,17 @@ class PublicJobReads:
 
     async def fetch(self, job_id: str) -> tuple[str, bytes] | None:
         """The job's owner and public JSON, whoever asks (None: no such job). Show it only
-        through ``shown_to``; split from it so a route can read the job while it is
-        still finding out who the caller is."""
-        message = await self._reader.get_message(job_id)
+        through ``shown_to``."""
+        return self.publish(await self._reader.get_message(job_id))
+
+    def ask(self, job_id: str) -> asyncio.Future[str | None]:
+        """The job's read, sent now with the others of this moment; hand its answer to
+        ``publish``. Split so that a route can check the caller's key while the job is
+        on its way (cancel the future if the caller is refused)."""
+        return self._reader.get_message(job_id)
+
+    def publish(self, message: str | None) -> tuple[str, bytes] | None:
+        """A read reply as (owner, public JSON), built once per reply text."""
         if message is None:
             return None
         hit = self._by_reply.get(message)

@@ -137,6 +137,18 @@ end
 # Read a job. KEYS: job, webhooks. ARGV: job id.
 READ = LUA_LIBRARY + "return reply(KEYS, ARGV[1], nil, nil)\n"
 
+# Read several jobs at once (reader.py coalesces concurrent reads into one call).
+# KEYS: job, webhooks of each job in ARGV's order. ARGV: job ids. Answers each job's
+# ``reply`` message (READ's second element), or false for a missing job.
+READ_MANY = LUA_LIBRARY + r"""
+local messages = {}
+for i, job_id in ipairs(ARGV) do
+  local answer = reply({KEYS[2 * i - 1], KEYS[2 * i]}, job_id, nil, nil)
+  messages[i] = answer and answer[2] or false
+end
+return messages
+"""
+
 
 def encode_doc(record: JobRecord) -> str:
     return record.model_dump_json(include=set(DOC_FIELDS))

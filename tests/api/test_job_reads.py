@@ -14,7 +14,7 @@ from api.services.auth import Caller
 from api.services.job_reads import PublicJobReads
 from shared.jobstore import AsyncJobReader, JobStore
 from shared.records import public_job
-from shared.schemas import Job
+from shared.schemas import JOB_ID_PATTERN, Job
 from tests.api.test_jobs import submit
 
 pytestmark = pytest.mark.anyio
@@ -117,3 +117,27 @@ def test_a_read_right_after_redis_dropped_the_connections_is_answered(
         response = client.get(f"/v1/jobs/{job_id}")
         assert response.status_code == 200, response.text
         assert response.json()["id"] == job_id
+
+
+def test_an_id_that_is_not_a_job_id_is_a_422_naming_it(client: TestClient) -> None:
+    response = client.get("/v1/jobs/job_nothex")
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "job_id"
+    assert "^job_[0-9a-f]{24}$" in response.json()["error"]["message"]
+
+
+def test_the_schema_documents_the_parameters_the_route_reads_itself(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}"]["get"]
+    by_name = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    assert by_name["job_id"]["in"] == "path" and by_name["job_id"]["required"] is True
+    assert by_name["job_id"]["schema"]["pattern"] == JOB_ID_PATTERN
+    assert by_name["prefer"]["in"] == "header" and "wait=N" in by_name["prefer"]["description"]
+    cancel = client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/cancel"]["post"]
+    assert cancel["parameters"][0]["schema"]["pattern"] == by_name["job_id"]["schema"]["pattern"]
+
+
+def test_prefer_wait_is_read_from_the_header(client: TestClient) -> None:
+    job_id = submit(client)["id"]
+    response = client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=1"})
+    assert response.status_code == 202  # nothing runs the job here: not finished after 1 s
+    assert response.headers["Preference-Applied"] == "wait=1"
