@@ -173,7 +173,7 @@ async def get_job(request: Request) -> Response:
                 reply.exception()  # answered already: its error, if any, is not this one
             raise
         return Response(state.job_reads.shown_to(caller, job_id,
-                                                 state.job_reads.publish(await reply)),
+                                                 state.job_reads.from_reply(await reply)),
                         media_type="application/json")
     caller = await get_caller(request)
     events = build_job_events(state)

@@ -50,15 +50,15 @@ class PublicJobReads:
     async def fetch(self, job_id: str) -> tuple[str, bytes] | None:
         """The job's owner and public JSON, whoever asks (None: no such job). Show it only
         through ``shown_to``."""
-        return self.publish(await self._reader.get_message(job_id))
+        return self.from_reply(await self._reader.get_message(job_id))
 
     def ask(self, job_id: str) -> asyncio.Future[str | None]:
         """The job's read, sent now with the others of this moment; hand its answer to
-        ``publish``. Split so that a route can check the caller's key while the job is
+        ``from_reply``. Split so that a route can check the caller's key while the job is
         on its way (cancel the future if the caller is refused)."""
         return self._reader.get_message(job_id)
 
-    def publish(self, message: str | None) -> tuple[str, bytes] | None:
+    def from_reply(self, message: str | None) -> tuple[str, bytes] | None:
         """A read reply as (owner, public JSON), built once per reply text."""
         if message is None:
             return None
