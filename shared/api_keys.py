@@ -14,6 +14,8 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
+from shared.read_coalescer import ReadCoalescer
+
 SECRET_PREFIX = "ltd_"
 # hash: SHA-256 of the secret (hex) -> ApiKey JSON
 KEYS_HASH = "latentd:apikeys"
@@ -69,13 +71,19 @@ class ApiKeyStore:
 
 
 class AsyncApiKeyLookup:
-    """The API's per-request reads of the same keys, on its event loop (no thread hop)."""
+    """The API's per-request reads of the same keys, on its event loop (no thread hop).
+    Keys looked up at the same moment are one ``HMGET`` (``ReadCoalescer``); a key revoked
+    before a request asked is never found by it. One per event loop."""
 
     def __init__(self, client: aioredis.Redis):
         self._redis = client
+        self._finds: ReadCoalescer[str | bytes | None] = ReadCoalescer(self._find_many)
 
     async def find(self, secret: str) -> ApiKey | None:
-        return _key_from(await self._redis.hget(KEYS_HASH, digest(secret)))
+        return _key_from(await self._finds.read(digest(secret)))
+
+    async def _find_many(self, digests: list[str]) -> list[str | bytes | None]:
+        return await self._redis.hmget(KEYS_HASH, digests)
 
     async def count(self) -> int:
         return int(await self._redis.hlen(KEYS_HASH))
