@@ -32,7 +32,7 @@ from shared.jobstore.expiry import ExpiryIndex
 from shared.jobstore.idempotency import IdempotencyConflict
 from shared.jobstore.listing import JobListing
 from shared.jobstore.transitions import (
-    BATCH_WAITING,
+    CLAIM,
     CLAIM_COMPANIONS,
     CREATE,
     ID_IN_USE,
@@ -102,7 +102,7 @@ class JobStore:
         self._transition = client.register_script(TRANSITION)
         self._reclaim = client.register_script(RECLAIM)
         self._claim_companions = client.register_script(CLAIM_COMPANIONS)
-        self._batch_waiting = client.register_script(BATCH_WAITING)
+        self._claim = client.register_script(CLAIM)
         self._request_cancel = client.register_script(REQUEST_CANCEL)
         self._read = client.register_script(READ)
         self._listing = JobListing(client, self._read_many)
@@ -186,18 +186,15 @@ class JobStore:
         return None if claim is None else claim.job
 
     def claim(self, job_id: str, worker: str = "") -> Claim | None:
-        """``mark_running``, and in the same round trip what a run asks next: the number of
+        """``mark_running``, and in the same script what a run asks next: the number of
         queued jobs left in the claimed job's batch set (after the claim took it out of
         it), and whether the run should stop already."""
-        pipe = self._redis.pipeline(transaction=False)
-        self._move(
-            job_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.RUNNING,
-            EventType.STARTED, {"progress": Progress().model_dump_json(), "worker": worker},
-            max_attempts=self._max_attempts, exhausted=self._worker_lost(), client=pipe,
-        )
-        self._batch_waiting(keys=[keys.job_key(job_id)], client=pipe)
-        pipe.hmget(keys.job_key(job_id), _RUN_STATE_FIELDS)
-        moved, waiting, run_state = pipe.execute()
+        moved, waiting, run_state = self._claim(
+            keys=self._transition_keys(job_id),
+            args=self._transition_args(
+                job_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.RUNNING,
+                EventType.STARTED, {"progress": Progress().model_dump_json(), "worker": worker},
+                max_attempts=self._max_attempts, exhausted=self._worker_lost()))
         event = self._applied(moved)
         if event is None or event.type is not EventType.STARTED:
             return None
@@ -391,18 +388,28 @@ class JobStore:
         max_attempts: int = 0,
         exhausted: JobError | None = None,
         claimant: str | None = None,
-        client: redis.client.Pipeline | None = None,
     ) -> JobEvent | None:
-        """The move, applied; with ``client`` (a pipeline), only queued on it: the caller
-        executes it and hands the script's reply to ``_applied``."""
-        pairs = [item for field in fields.items() for item in field]
+        """The move (TRANSITION), applied."""
         reply = self._transition(
             keys=self._transition_keys(job_id),
-            args=[job_id, keys.channel(job_id), " ".join(from_), to, event_type, max_attempts,
-                  exhausted.model_dump_json() if exhausted else "", claimant or "", *pairs],
-            client=client,
-        )
-        return None if client is not None else self._applied(reply)
+            args=self._transition_args(job_id, from_, to, event_type, fields, max_attempts,
+                                       exhausted, claimant))
+        return self._applied(reply)
+
+    @staticmethod
+    def _transition_args(
+        job_id: str,
+        from_: tuple[JobStatus, ...],
+        to: JobStatus,
+        event_type: EventType,
+        fields: dict[str, str],
+        max_attempts: int = 0,
+        exhausted: JobError | None = None,
+        claimant: str | None = None,
+    ) -> list[str | int]:
+        pairs = [item for field in fields.items() for item in field]
+        return [job_id, keys.channel(job_id), " ".join(from_), to, event_type, max_attempts,
+                exhausted.model_dump_json() if exhausted else "", claimant or "", *pairs]
 
     def _applied(self, reply: Any) -> JobEvent | None:
         """The event a script answered; runs the hook when the script published it."""

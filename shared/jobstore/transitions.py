@@ -64,7 +64,7 @@ return reply(KEYS, ARGV[1], ARGV[2], 'queued')
 #   separated), new status, event, max attempts (0 = this move does not count one), the
 #   error to fail with once attempts ran out, claimant ('' = anyone), then field/value
 #   pairs.
-TRANSITION = LUA_LIBRARY + r"""
+_TRANSITION_BODY = r"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or not string.find(' ' .. ARGV[3] .. ' ', ' ' .. status .. ' ', 1, true) then
   return false
@@ -122,6 +122,20 @@ elseif status == 'running' then
   redis.call('ZREM', KEYS[3], ARGV[1])
 end
 return reply(KEYS, ARGV[1], ARGV[2], event)
+"""
+TRANSITION = LUA_LIBRARY + _TRANSITION_BODY
+
+# A claim (TRANSITION to running, ``started``) and, in the same step, what its run asks
+# next: how many queued jobs are left in the job's batch set (0: it runs alone, no
+# companions to look for) and the job's status, cancel flag and claimant, which say
+# whether the run should stop already. One script rather than a pipeline of three: a
+# pipeline of scripts costs redis-py a SCRIPT EXISTS round trip first.
+# KEYS, ARGV: TRANSITION's. Answers {TRANSITION's answer, waiting, {status, cancel, worker}}.
+CLAIM = LUA_LIBRARY + "local function transition()\n" + _TRANSITION_BODY + r"""end
+local moved = transition()
+local batch = redis.call('HGET', KEYS[1], 'batch')
+local waiting = batch and redis.call('ZCARD', batch) or 0
+return {moved, waiting, redis.call('HMGET', KEYS[1], 'status', 'cancel', 'worker')}
 """
 
 # Take back a running job whose worker stopped, if it has: only one of several reapers
@@ -209,13 +223,6 @@ if status == 'queued' then
 end
 if status == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
 return reply(KEYS, ARGV[1], ARGV[2], nil)
-"""
-
-# How many queued jobs are left in a job's batch set (0: it runs alone). KEYS: job.
-BATCH_WAITING = r"""
-local batch = redis.call('HGET', KEYS[1], 'batch')
-if not batch then return 0 end
-return redis.call('ZCARD', batch)
 """
 
 # Claim a running job's companions: queued jobs of its batch set (same signature, so one

@@ -189,3 +189,29 @@ def test_a_claim_says_whether_the_run_should_stop_already(store: JobStore) -> No
     # new run learns of the cancel with its claim, before it starts.
     again = store.claim(job.id, "w2")
     assert again is not None and again.cancel_requested
+
+
+def _calls(client: redis.Redis) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): int(stats["calls"])
+            for name, stats in client.info("commandstats").items()}
+
+
+def test_a_claim_is_one_command_to_redis(store: JobStore, redis_client: redis.Redis) -> None:
+    store.claim(created(store, seed=1).id, "w1")  # loads the script
+    job = created(store, seed=2)
+    before = _calls(redis_client)
+    claim = store.claim(job.id, "w1")
+    after = _calls(redis_client)
+    assert claim is not None and claim.job.status is JobStatus.RUNNING
+    # (Redis counts the commands a script runs too: only these two tell what was sent.)
+    assert after["evalsha"] - before["evalsha"] == 1
+    assert after.get("script|exists", 0) == before.get("script|exists", 0)
+
+
+def test_a_claim_after_redis_lost_its_scripts_loads_them_again(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    store.claim(created(store, seed=1).id, "w1")
+    redis_client.script_flush()  # what a restart of Redis does to them
+    claim = store.claim(created(store, seed=2).id, "w1")
+    assert claim is not None and claim.job.status is JobStatus.RUNNING
