@@ -21,7 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from shared.heartbeat import HEARTBEAT_PREFIX
+from shared.heartbeat import live_workers_of
 from shared.jobstore.keys import RUNNING_KEY, queue_key
 from shared.jobstore.transitions import LEVEL_WEIGHT, QUEUE_EPOCH_US
 from shared.metrics import (
@@ -133,17 +133,9 @@ class ServiceCollector:
         yield from (alive, rss, allocated, reserved)
 
     def _live_workers(self) -> dict[str, int]:
-        """Live heartbeats per model: one SCAN for every model (``heartbeat_key``'s
-        ``<prefix>:<model>:<worker>``; a model name may itself hold a colon)."""
-        counts = dict.fromkeys(self._models, 0)
-        by_length = sorted(self._models, key=len, reverse=True)
-        prefix = HEARTBEAT_PREFIX + ":"
-        for key in self._redis.scan_iter(match=prefix + "*", count=1000):
-            rest = (key.decode() if isinstance(key, bytes) else key).removeprefix(prefix)
-            model = next((m for m in by_length if rest.startswith(m + ":")), None)
-            if model is not None:
-                counts[model] += 1
-        return counts
+        """Live heartbeats per model (shared/heartbeat.py: the models' index sets)."""
+        return {model: len(names)
+                for model, names in live_workers_of(self._redis, self._models).items()}
 
 
 def build_metrics_registry(client: redis.Redis, models: Sequence[str]) -> CollectorRegistry:

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from api.errors import Unavailable
 from shared.adapters import Adapters
-from shared.heartbeat import live_workers
+from shared.heartbeat import live_workers, live_workers_of
 from shared.metrics import read_worker_stats
 from shared.model_registry import ModelRegistry
 from shared.schemas import ModelInfo
@@ -35,9 +35,10 @@ def model_statuses(
 ) -> list[ModelStatus]:
     adapters = adapters or Adapters()
     hot = [stats.hot_models for stats in read_worker_stats(client).values()]
+    live = live_workers_of(client, [spec.name for spec in registry])
     statuses = []
     for spec in registry:
-        workers = len(live_workers(client, spec.name))
+        workers = len(live[spec.name])
         loaded = sum(spec.name in models for models in hot)
         statuses.append(ModelStatus(
             **spec.info().model_dump(), available=workers > 0, workers=workers,
@@ -53,7 +54,8 @@ def readiness(registry: ModelRegistry, client: redis.Redis) -> dict[str, object]
         client.ping()
     except redis.RedisError as exc:
         raise Unavailable("redis_unavailable", f"Redis is unreachable: {exc}", 5) from None
-    workers = {spec.name: len(live_workers(client, spec.name)) for spec in registry}
+    workers = {model: len(names) for model, names in
+               live_workers_of(client, [spec.name for spec in registry]).items()}
     if not workers[registry.default_model]:
         raise Unavailable(
             "no_workers",
