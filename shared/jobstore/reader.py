@@ -1,9 +1,9 @@
 """Job reads on the serving event loop: the store's own read script over ``redis.asyncio``.
 
 The API answers ``GET /v1/jobs/{id}``, ``Prefer: wait`` and SSE from asyncio; a sync
-client there costs a thread-pool hop per read. This reads the job with the very script
-``JobStore.get`` runs (wire.py ``READ``: the whole job, decoded by the one decoder), so
-both give the same record. Writes stay in ``JobStore``.
+client there costs a thread-pool hop per read. This reads the job as ``JobStore.get``
+does (wire.py ``reply``, the ending of every job script: the whole job, decoded by the
+one decoder), so both give the same record. Writes stay in ``JobStore``.
 
 Reads asked for while one is on its way to Redis go together in the next script call
 (wire.py ``READ_MANY``, through ``shared.read_coalescer.ReadCoalescer``): one round trip,
