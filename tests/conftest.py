@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: a real redis-server on a free port."""
+"""Fixtures shared by the whole suite: a real redis-server on a free port, its clients, and
+the anyio backend of the async tests."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 
 def free_port() -> int:
@@ -63,6 +65,20 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture
+async def async_redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """``redis_client`` as the API's event loop has it (``redis.asyncio``)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The async tests (``pytest.mark.anyio``) run on asyncio, as the API does."""
+    return "asyncio"
 
 
 @pytest.fixture(scope="session")

@@ -72,6 +72,28 @@ _COMPANION_CANDIDATES = 64
 
 
 @dataclass(frozen=True)
+class _Move:
+    """A TRANSITION: from one of ``from_`` to ``to``, announced as ``event``, writing
+    ``fields``; ``max_attempts`` > 0 counts an attempt (the job fails with ``exhausted``
+    once they ran out); with ``claimant``, only under that worker's claim."""
+
+    from_: tuple[JobStatus, ...]
+    to: JobStatus
+    event: EventType
+    fields: dict[str, str]
+    max_attempts: int = 0
+    exhausted: JobError | None = None
+    claimant: str | None = None
+
+    def args(self, job_id: str) -> list[str | int]:
+        """The script's ARGV for ``job_id`` (transitions.py, TRANSITION's comment)."""
+        pairs = [item for field in self.fields.items() for item in field]
+        return [job_id, keys.channel(job_id), " ".join(self.from_), self.to, self.event,
+                self.max_attempts, self.exhausted.model_dump_json() if self.exhausted else "",
+                self.claimant or "", *pairs]
+
+
+@dataclass(frozen=True)
 class Claim:
     """A job claimed for a run; how many queued jobs shared its batch set right after the
     claim (of any priority band; 0 when it always runs alone: with none, a worker has no
@@ -189,12 +211,11 @@ class JobStore:
         """``mark_running``, and in the same script what a run asks next: the number of
         queued jobs left in the claimed job's batch set (after the claim took it out of
         it), and whether the run should stop already."""
-        moved, waiting, run_state = self._claim(
-            keys=self._transition_keys(job_id),
-            args=self._transition_args(
-                job_id, (JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.RUNNING,
-                EventType.STARTED, {"progress": Progress().model_dump_json(), "worker": worker},
-                max_attempts=self._max_attempts, exhausted=self._worker_lost()))
+        move = _Move((JobStatus.QUEUED, JobStatus.RUNNING), JobStatus.RUNNING, EventType.STARTED,
+                     {"progress": Progress().model_dump_json(), "worker": worker},
+                     max_attempts=self._max_attempts, exhausted=self._worker_lost())
+        moved, waiting, run_state = self._claim(keys=self._transition_keys(job_id),
+                                                args=move.args(job_id))
         event = self._applied(moved)
         if event is None or event.type is not EventType.STARTED:
             return None
@@ -229,8 +250,10 @@ class JobStore:
         """Record progress; only while running (under ``worker``'s claim, when given), so a
         late step cannot touch a finished or re-queued job."""
         progress = Progress(step=step, total_steps=total_steps, eta_seconds=eta_seconds)
-        event = self._move(job_id, (JobStatus.RUNNING,), JobStatus.RUNNING, EventType.PROGRESS,
-                           {"progress": progress.model_dump_json()}, claimant=worker)
+        event = self._move(job_id, _Move((JobStatus.RUNNING,), JobStatus.RUNNING,
+                                         EventType.PROGRESS,
+                                         {"progress": progress.model_dump_json()},
+                                         claimant=worker))
         return None if event is None else event.job
 
     def mark_succeeded(
@@ -375,41 +398,14 @@ class JobStore:
         self, job_id: str, status: JobStatus, fields: dict[str, str],
         from_: tuple[JobStatus, ...], worker: str | None = None,
     ) -> JobRecord | None:
-        event = self._move(job_id, from_, status, EventType.COMPLETED, fields, claimant=worker)
+        event = self._move(job_id, _Move(from_, status, EventType.COMPLETED, fields,
+                                         claimant=worker))
         return None if event is None else event.job
 
-    def _move(
-        self,
-        job_id: str,
-        from_: tuple[JobStatus, ...],
-        to: JobStatus,
-        event_type: EventType,
-        fields: dict[str, str],
-        max_attempts: int = 0,
-        exhausted: JobError | None = None,
-        claimant: str | None = None,
-    ) -> JobEvent | None:
-        """The move (TRANSITION), applied."""
-        reply = self._transition(
-            keys=self._transition_keys(job_id),
-            args=self._transition_args(job_id, from_, to, event_type, fields, max_attempts,
-                                       exhausted, claimant))
-        return self._applied(reply)
-
-    @staticmethod
-    def _transition_args(
-        job_id: str,
-        from_: tuple[JobStatus, ...],
-        to: JobStatus,
-        event_type: EventType,
-        fields: dict[str, str],
-        max_attempts: int = 0,
-        exhausted: JobError | None = None,
-        claimant: str | None = None,
-    ) -> list[str | int]:
-        pairs = [item for field in fields.items() for item in field]
-        return [job_id, keys.channel(job_id), " ".join(from_), to, event_type, max_attempts,
-                exhausted.model_dump_json() if exhausted else "", claimant or "", *pairs]
+    def _move(self, job_id: str, move: _Move) -> JobEvent | None:
+        """``move`` (TRANSITION) made on the job, applied."""
+        return self._applied(self._transition(keys=self._transition_keys(job_id),
+                                              args=move.args(job_id)))
 
     def _applied(self, reply: Any) -> JobEvent | None:
         """The event a script answered; runs the hook when the script published it."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -21,15 +20,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    connection = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield connection
-    await connection.aclose()
+def client(async_redis_client: aioredis.Redis) -> aioredis.Redis:
+    return async_redis_client
 
 
 def pubsub_connections(redis_url: str) -> int:

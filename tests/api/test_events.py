@@ -24,11 +24,6 @@ from tests.factories import make_record
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class ReadCountingStore(JobStore):
     """The real store; counts JobEvents' reads (through ``reader``, the real async reader)
     and can act just before the first one (as a racing worker)."""

@@ -21,11 +21,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids of the jobs whose public JSON was built (not taken from the cache)."""
     ids: list[str] = []

@@ -85,11 +85,6 @@ def test_list_cancel_delete_and_models(client: Client, service: Service) -> None
     assert served["tiny-random"]["available"] is True
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_the_async_client_does_the_same_over_http(service: Service) -> None:
     async with AsyncClient(service.url) as client:

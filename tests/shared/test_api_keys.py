@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -15,15 +14,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def lookup(redis_url: str) -> AsyncIterator[AsyncApiKeyLookup]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield AsyncApiKeyLookup(client)
-    await client.aclose()
+def lookup(async_redis_client: aioredis.Redis) -> AsyncApiKeyLookup:
+    return AsyncApiKeyLookup(async_redis_client)
 
 
 def _hmget_calls(client: redis.Redis) -> int:

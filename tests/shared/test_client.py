@@ -248,11 +248,6 @@ def test_list_cancel_delete_and_models_call_their_routes() -> None:
     assert seen[-1].url.raw_path == b"/v1/jobs/..%2Fmodels/cancel"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_the_async_client_submits_waits_streams_and_raises_alike() -> None:
     stream = sse(("started", job_json("running")), ("completed", job_json("succeeded")))

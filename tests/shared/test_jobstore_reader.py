@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -15,27 +14,15 @@ from tests.factories import make_record
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def async_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
 def _script_calls(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 async def test_concurrent_reads_of_several_jobs_are_one_script_call_and_each_as_stored(
-    store: JobStore, redis_client: redis.Redis, async_client: aioredis.Redis
+    store: JobStore, redis_client: redis.Redis, async_redis_client: aioredis.Redis
 ) -> None:
     jobs = [store.create(make_record())[0] for _ in range(3)]
-    reader = AsyncJobReader(async_client)
+    reader = AsyncJobReader(async_redis_client)
     await reader.get(jobs[0].id)  # loads the script (one EVALSHA, then SCRIPT LOAD + EVALSHA)
     before = _script_calls(redis_client)
 

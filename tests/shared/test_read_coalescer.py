@@ -12,11 +12,6 @@ from shared.read_coalescer import ReadCoalescer
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class RecordingReads:
     """A ``read_many`` that answers ``"<key>@<call number>"`` and keeps each call's keys;
     ``hold`` keeps a call from answering until it is set."""
