@@ -89,9 +89,18 @@ async def submit_job(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Queue a generation job (202); with ``Prefer: wait=N``, 200 once it has finished."""
-    submission = await run_in_threadpool(service.submit, body, caller, idempotency_key)
     waited = wait_seconds(prefer, settings.max_wait_seconds)
-    job = await _wait_if_asked(events, submission.job, waited)
+    if waited:
+        outcome = await events.submit_and_wait(
+            lambda: service.submit(body, caller, idempotency_key), caller.owner, waited)
+        submission, job = outcome.submission, outcome.job
+        if outcome.wait_error is not None:
+            # The job exists either way: the client is told so rather than given an error.
+            log.warning("Prefer: wait on job %s failed (%s); answering with the job as "
+                        "stored", job.id, outcome.wait_error)
+    else:
+        submission = await run_in_threadpool(service.submit, body, caller, idempotency_key)
+        job = submission.job
     response = _answer(job, waited)
     if not submission.created:
         response.headers["Idempotent-Replayed"] = "true"

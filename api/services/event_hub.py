@@ -50,6 +50,18 @@ class Subscription:
             return None
 
 
+@dataclass(frozen=True)
+class StreamSlot:
+    """A place under the stream caps (``EventHub.reserve``): its holder follows channels
+    through it, one after another, counted once."""
+
+    hub: EventHub
+
+    def follow(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """Follow ``channel`` while the block runs: as ``EventHub.subscribe``, uncounted."""
+        return self.hub._follow(channel)
+
+
 class EventHub:
     """Fans one Redis pub/sub connection out to the process's followers of job channels."""
 
@@ -71,18 +83,32 @@ class EventHub:
     async def subscribe(self, channel: str, owner: str) -> AsyncIterator[Subscription]:
         """Follow ``channel``: every message published after this returns reaches the
         subscription. Raises ``TooManyStreams`` (429) or ``Unavailable`` (503) first."""
+        async with self.reserve(owner) as slot, slot.follow(channel) as subscription:
+            yield subscription
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, owner: str) -> AsyncIterator[StreamSlot]:
+        """A follower's place under the caps, counted for ``owner`` until the block ends;
+        raises ``TooManyStreams`` (429) or ``Unavailable`` (503) at once, so that a caller
+        can be refused before it does what it would have to undo (store a job)."""
         self._admit(owner)
-        subscription = Subscription(channel)
         self._per_owner[owner] += 1
         try:
-            await self._add(subscription)
-            yield subscription
+            yield StreamSlot(self)
         finally:
             self._per_owner[owner] -= 1
             if not self._per_owner[owner]:
                 del self._per_owner[owner]
+
+    @contextlib.asynccontextmanager
+    async def _follow(self, channel: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription(channel)
+        try:
+            await self._add(subscription)
+            yield subscription
+        finally:
             # Shielded: a disconnected SSE client cancels its stream, and the follower
-            # must still be removed (else the caps count it forever).
+            # must still be removed (else the connection stays subscribed for nothing).
             with anyio.CancelScope(shield=True):
                 await self._remove(subscription)
 

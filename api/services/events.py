@@ -5,21 +5,27 @@ event. Both subscribe before reading the job, so an event published in between i
 missed (it waits in the subscription); an event whose ``updated_at`` is not after the
 state already read is skipped, so none is reported twice (the store stamps each write of
 a job strictly later than the one before).
+
+A submit that waits (``submit_and_wait``) takes its place under the stream caps before
+its job is stored, so a wait they refuse costs nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import redis
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import NotFound
 from api.services.auth import Caller
-from api.services.event_hub import EventHub, Subscription
+from api.services.event_hub import EventHub, StreamSlot, Subscription
+from api.services.jobs import Submission
 from shared.jobstore import JobStore
 from shared.records import JobEvent, JobRecord, public_job
 from shared.schemas import EventType, JobStatus
@@ -27,6 +33,9 @@ from shared.schemas import EventType, JobStatus
 # Pub/sub is fire-and-forget (a Redis restart drops messages), so a quiet wait or stream
 # re-reads the job this often and ends if it finished unseen.
 RECHECK_SECONDS = 15.0
+# What can end a submit's wait early once its job exists: Redis away, or not confirming
+# the subscription in time.
+WAIT_ERRORS = (redis.RedisError, TimeoutError)
 
 
 def event_for_status(status: JobStatus) -> EventType:
@@ -40,6 +49,16 @@ class JobReader(Protocol):
     """Reads a job on the event loop (``shared.jobstore.AsyncJobReader``)."""
 
     async def get(self, job_id: str) -> JobRecord | None: ...
+
+
+@dataclass(frozen=True)
+class WaitedSubmission:
+    """What ``JobEvents.submit_and_wait`` did: the submission, the job once waited for,
+    and why the wait ended early (None: it did not; ``job`` is then as stored)."""
+
+    submission: Submission
+    job: JobRecord
+    wait_error: Exception | None = None
 
 
 @dataclass
@@ -58,8 +77,32 @@ class JobEvents:
         """
         if seconds <= 0 or record.status.is_terminal():
             return record
+        async with self.hub.reserve(record.owner) as slot:
+            return await self._wait_in(slot, record, seconds)
+
+    async def submit_and_wait(self, submit: Callable[[], Submission], owner: str,
+                              seconds: float) -> WaitedSubmission:
+        """Run ``submit`` (on the thread pool), then ``wait`` for the job it answers with.
+
+        The wait's place under the stream caps is taken first, so their 429/503 come
+        before anything is stored. Once the job exists, a failed wait is handed back in
+        ``wait_error`` beside the job as stored, never raised: the caller names the job.
+        (The subscription itself comes after the submit, off the job's path: it and its
+        read overlap the worker's pick-up of the job.)
+        """
+        async with self.hub.reserve(owner) as slot:
+            submission = await run_in_threadpool(submit)
+            try:
+                job = await self._wait_in(slot, submission.job, seconds)
+            except WAIT_ERRORS as exc:
+                return WaitedSubmission(submission, submission.job, exc)
+        return WaitedSubmission(submission, job)
+
+    async def _wait_in(self, slot: StreamSlot, record: JobRecord, seconds: float) -> JobRecord:
+        if seconds <= 0 or record.status.is_terminal():
+            return record
         deadline = time.monotonic() + seconds
-        async with self.hub.subscribe(JobStore.channel(record.id), record.owner) as subscription:
+        async with slot.follow(JobStore.channel(record.id)) as subscription:
             current = await self._read(record.id)
             if current is None:
                 return record

@@ -26,7 +26,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from fastapi import UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -326,17 +325,16 @@ class OpenAIImages:
     async def _run(self, request: GenerationRequest, caller: Caller,
                    response_format: ResponseFormat | None, base_url: str,
                    idempotency_key: str | None) -> OpenAIAnswer:
-        submission = await run_in_threadpool(self.jobs.submit, request, caller, idempotency_key)
-        job = submission.job
+        # The stream caps refuse the wait (429/503) before anything is stored.
+        outcome = await self.events.submit_and_wait(
+            lambda: self.jobs.submit(request, caller, idempotency_key), caller.owner,
+            self.wait_seconds)
+        job = outcome.job
         # From here on the job exists: every failure names it and tells the client not to
         # retry, since a retry would make a second job (the first goes on regardless).
-        try:
-            job = await self.events.wait(job, self.wait_seconds)
-        except ApiError as exc:
-            raise not_delivered(job, exc.status_code, exc.code, exc.message) from None
-        except redis.RedisError:
+        if outcome.wait_error is not None:
             raise not_delivered(job, 503, "redis_unavailable",
-                                "the job store became unreachable while waiting") from None
+                                "the job store became unreachable while waiting")
         if not job.status.is_terminal():
             raise not_delivered(
                 job, 504, "wait_timeout",

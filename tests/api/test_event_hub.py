@@ -106,7 +106,9 @@ async def test_a_cancelled_follower_gives_its_slot_back(client: aioredis.Redis) 
 
 
 def test_sse_streams_over_the_per_key_cap_get_a_429(redis_url: str, tmp_path) -> None:
-    """Over real HTTP (uvicorn in a thread): two connections, the second over the cap."""
+    """Over real HTTP (uvicorn in a thread): two connections, the second over the cap. A
+    submit that would wait is refused before its job is stored, so a retry makes no
+    second job."""
     from api.main import create_app
     from shared.heartbeat import beat
 
@@ -125,6 +127,11 @@ def test_sse_streams_over_the_per_key_cap_get_a_429(redis_url: str, tmp_path) ->
                 assert second.headers["Retry-After"]
                 waited = other.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=1"})
                 assert waited.status_code == 429
+                refused = other.post("/v1/jobs", json={"prompt": "a dog"},
+                                     headers={"Prefer": "wait=1"})
+                assert refused.status_code == 429
+                assert refused.json()["error"]["code"] == "too_many_streams"
+                assert [job["id"] for job in other.get("/v1/jobs").json()["jobs"]] == [job_id]
             # Finish the job: the open stream ends by itself after "completed".
             store = JobStore(redis.Redis.from_url(redis_url, decode_responses=True),
                              settings)
@@ -135,3 +142,9 @@ def test_sse_streams_over_the_per_key_cap_get_a_429(redis_url: str, tmp_path) ->
         # The slot is free again.
         again = http.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=1"})
         assert again.status_code == 200
+        # The same submit is stored now, and waited on until the wait runs out (no worker).
+        stored = http.post("/v1/jobs", json={"prompt": "a dog"}, headers={"Prefer": "wait=1"})
+        assert stored.status_code == 202 and stored.headers["Preference-Applied"] == "wait=1"
+        assert stored.json()["status"] == "queued"
+        assert len(http.get("/v1/jobs").json()["jobs"]) == 2
+

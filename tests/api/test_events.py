@@ -13,11 +13,12 @@ import redis.asyncio as aioredis
 from api.errors import NotFound
 from api.services import events as events_module
 from api.services.auth import Caller
-from api.services.event_hub import EventHub
+from api.services.event_hub import EventHub, TooManyStreams
 from api.services.events import JobEvents
+from api.services.jobs import Submission
 from shared.jobstore import AsyncJobReader, JobStore
 from shared.records import JobRecord, public_job
-from shared.schemas import ErrorCode, Metrics
+from shared.schemas import ErrorCode, JobStatus, Metrics
 from shared.settings import Settings
 from tests.factories import make_record
 
@@ -146,6 +147,71 @@ async def test_wait_rechecks_when_quiet_and_sees_a_finish_it_missed(
     result = await events.wait(queued, 10)
     thread.join()
     assert result == finished[0] and store.reads >= 2
+
+
+# -- a submit that waits ---------------------------------------------------------------
+
+
+async def test_a_waiting_submit_answers_its_job_once_it_has_finished(
+    events: JobEvents, store: ReadCountingStore
+) -> None:
+    finished: list[JobRecord] = []
+
+    def submit() -> Submission:
+        queued, _ = store.create(make_record())
+        in_thread(lambda: finished.append(run_to_success(store, queued.id)),
+                  after=store.first_read)
+        return Submission(queued, created=True)
+
+    outcome = await events.submit_and_wait(submit, "public", 10)
+    assert outcome.job == finished[0] and outcome.wait_error is None
+    assert outcome.submission.job.status is JobStatus.QUEUED
+    assert store.reads == 1
+
+
+async def test_a_waiting_submit_over_the_stream_cap_is_refused_before_it_submits(
+    redis_url: str, store: ReadCountingStore
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    hub = EventHub(client, max_streams=100, max_streams_per_owner=1)
+    events = JobEvents(hub=hub, reader=CountingReader(client, store))
+    submitted: list[JobRecord] = []
+
+    def submit() -> Submission:
+        submitted.append(store.create(make_record())[0])
+        return Submission(submitted[-1], created=True)
+
+    try:
+        async with hub.subscribe("latentd:events:job_elsewhere", "public"):
+            with pytest.raises(TooManyStreams):
+                await events.submit_and_wait(submit, "public", 10)
+        assert submitted == []
+        # The slot is free again; the wait it holds follows the job within it (a cap of
+        # one: counted once), until the wait runs out.
+        outcome = await events.submit_and_wait(submit, "public", 0.2)
+        assert [outcome.job] == submitted and outcome.wait_error is None
+        assert hub.streams == 0
+    finally:
+        await hub.aclose()
+        await client.aclose()
+
+
+async def test_a_waiting_submit_whose_wait_fails_answers_the_job_as_stored(
+    events: JobEvents, store: ReadCountingStore
+) -> None:
+    """Once the job exists, a failed wait (Redis went away for the read) is handed back
+    beside the job, never raised: the caller must name the job."""
+    queued, _ = store.create(make_record())
+
+    def lose_redis() -> None:
+        raise redis.ConnectionError("Redis went away")
+
+    store.before_first_read = lose_redis
+    outcome = await events.submit_and_wait(
+        lambda: Submission(queued, created=True), "public", 10)
+    assert outcome.job == queued
+    assert isinstance(outcome.wait_error, redis.ConnectionError)
+    assert events.hub.streams == 0
 
 
 # -- SSE ---------------------------------------------------------------------------------
