@@ -88,8 +88,12 @@ class JobEvents:
         before anything is stored. Once the job exists, a failed wait is handed back in
         ``wait_error`` beside the job as stored, never raised: the caller names the job.
         (The subscription itself comes after the submit, off the job's path: it and its
-        read overlap the worker's pick-up of the job.)
+        read overlap the worker's pick-up of the job.) A wait of ``seconds <= 0`` takes no
+        place.
         """
+        if seconds <= 0:
+            submission = await run_in_threadpool(submit)
+            return WaitedSubmission(submission, submission.job)
         async with self.hub.reserve(owner) as slot:
             submission = await run_in_threadpool(submit)
             try:

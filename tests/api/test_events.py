@@ -156,14 +156,16 @@ async def test_a_waiting_submit_answers_its_job_once_it_has_finished(
     events: JobEvents, store: ReadCountingStore
 ) -> None:
     finished: list[JobRecord] = []
+    threads: list[threading.Thread] = []
 
     def submit() -> Submission:
         queued, _ = store.create(make_record())
-        in_thread(lambda: finished.append(run_to_success(store, queued.id)),
-                  after=store.first_read)
+        threads.append(in_thread(lambda: finished.append(run_to_success(store, queued.id)),
+                                 after=store.first_read))
         return Submission(queued, created=True)
 
     outcome = await events.submit_and_wait(submit, "public", 10)
+    threads[0].join()
     assert outcome.job == finished[0] and outcome.wait_error is None
     assert outcome.submission.job.status is JobStatus.QUEUED
     assert store.reads == 1
@@ -185,11 +187,13 @@ async def test_a_waiting_submit_over_the_stream_cap_is_refused_before_it_submits
         async with hub.subscribe("latentd:events:job_elsewhere", "public"):
             with pytest.raises(TooManyStreams):
                 await events.submit_and_wait(submit, "public", 10)
-        assert submitted == []
+            assert submitted == []
+            # No wait takes no place.
+            assert (await events.submit_and_wait(submit, "public", 0)).job == submitted[-1]
         # The slot is free again; the wait it holds follows the job within it (a cap of
         # one: counted once), until the wait runs out.
         outcome = await events.submit_and_wait(submit, "public", 0.2)
-        assert [outcome.job] == submitted and outcome.wait_error is None
+        assert [outcome.job] == submitted[1:] and outcome.wait_error is None
         assert hub.streams == 0
     finally:
         await hub.aclose()
