@@ -147,4 +147,3 @@ def test_sse_streams_over_the_per_key_cap_get_a_429(redis_url: str, tmp_path) ->
         assert stored.status_code == 202 and stored.headers["Preference-Applied"] == "wait=1"
         assert stored.json()["status"] == "queued"
         assert len(http.get("/v1/jobs").json()["jobs"]) == 2
-

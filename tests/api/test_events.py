@@ -188,7 +188,7 @@ async def test_a_waiting_submit_over_the_stream_cap_is_refused_before_it_submits
             with pytest.raises(TooManyStreams):
                 await events.submit_and_wait(submit, "public", 10)
             assert submitted == []
-            # No wait takes no place.
+            # A submit that does not wait takes no place.
             assert (await events.submit_and_wait(submit, "public", 0)).job == submitted[-1]
         # The slot is free again; the wait it holds follows the job within it (a cap of
         # one: counted once), until the wait runs out.

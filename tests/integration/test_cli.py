@@ -154,14 +154,14 @@ def test_ctrl_c_while_generating_cancels_the_job(service: Service, tmp_path: Pat
     # As from a terminal: a suite started in the background (`make test &`) runs with
     # SIGINT ignored, a child inherits that, and Python then never raises
     # KeyboardInterrupt. A handled signal is reset to its default in the child instead.
-    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         proc = subprocess.Popen(
             [*COMMAND, "generate", "interrupt me", "--steps", "10", "--metadata",
              f'{{"{HOLD_METADATA_KEY}": true}}'],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finally:
-        signal.signal(signal.SIGINT, ignored)
+        signal.signal(signal.SIGINT, previous)
     try:
         deadline = time.monotonic() + 60
         while True:
