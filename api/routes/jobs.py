@@ -13,7 +13,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
     CallerDep,
@@ -90,17 +89,13 @@ async def submit_job(
 ) -> Response:
     """Queue a generation job (202); with ``Prefer: wait=N``, 200 once it has finished."""
     waited = wait_seconds(prefer, settings.max_wait_seconds)
-    if waited:
-        outcome = await events.submit_and_wait(
-            lambda: service.submit(body, caller, idempotency_key), caller.owner, waited)
-        submission, job = outcome.submission, outcome.job
-        if outcome.wait_error is not None:
-            # The job exists either way: the client is told so rather than given an error.
-            log.warning("Prefer: wait on job %s failed (%s); answering with the job as "
-                        "stored", job.id, outcome.wait_error)
-    else:
-        submission = await run_in_threadpool(service.submit, body, caller, idempotency_key)
-        job = submission.job
+    outcome = await events.submit_and_wait(
+        lambda: service.submit(body, caller, idempotency_key), caller.owner, waited)
+    submission, job = outcome.submission, outcome.job
+    if outcome.wait_error is not None:
+        # The job exists either way: the client is told so rather than given an error.
+        log.warning("Prefer: wait on job %s failed (%s); answering with the job as stored",
+                    job.id, outcome.wait_error)
     response = _answer(job, waited)
     if not submission.created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -53,8 +53,8 @@ class JobReader(Protocol):
 
 @dataclass(frozen=True)
 class WaitedSubmission:
-    """What ``JobEvents.submit_and_wait`` did: the submission, the job once waited for,
-    and why the wait ended early (None: it did not; ``job`` is then as stored)."""
+    """What ``JobEvents.submit_and_wait`` did: the submission, and the job once waited
+    for; ``wait_error`` says why the wait failed (``job`` is then as stored), else None."""
 
     submission: Submission
     job: JobRecord
@@ -103,7 +103,9 @@ class JobEvents:
         return WaitedSubmission(submission, job)
 
     async def _wait_in(self, slot: StreamSlot, record: JobRecord, seconds: float) -> JobRecord:
-        if seconds <= 0 or record.status.is_terminal():
+        """``wait``'s following, within ``slot``; ``seconds`` > 0."""
+        # A submit's job may be finished already: a replay, or failed as it was published.
+        if record.status.is_terminal():
             return record
         deadline = time.monotonic() + seconds
         async with slot.follow(JobStore.channel(record.id)) as subscription:
